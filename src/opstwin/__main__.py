@@ -1,0 +1,3 @@
+from opstwin.cli import main
+
+main()

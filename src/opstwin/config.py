@@ -25,12 +25,21 @@ class DatabaseSettings(BaseModel):
             "Production: postgresql+asyncpg://user@host/db"
         ),
     )
+    schema_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL: keep OpsTwin's tables in this schema (created if missing). Unset: the default search_path.",
+    )
     auto_migrate: bool = Field(
         default=True, description="Apply pending migrations when the server starts."
     )
-    pool_size: int = Field(default=10, ge=1, description="Connections kept per process (PostgreSQL).")
+    pool_size: int = Field(
+        default=10, ge=1, description="Connections kept per process (PostgreSQL)."
+    )
     busy_timeout_s: float = Field(
-        default=30.0, gt=0, description="SQLite: how long a writer waits for another process's lock."
+        default=30.0,
+        gt=0,
+        description="SQLite: how long a writer waits for another process's lock.",
     )
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
 
@@ -38,23 +47,38 @@ class DatabaseSettings(BaseModel):
 class FeedSettings(BaseModel):
     """The change log and the AIW feed (`/diff`, `/subscribe`)."""
 
-    page_size_default: int = Field(default=100, ge=1, description="`/diff` page size when `limit` is absent.")
+    page_size_default: int = Field(
+        default=100, ge=1, description="`/diff` page size when `limit` is absent."
+    )
     page_size_max: int = Field(default=1000, ge=1, description="Largest `limit` `/diff` accepts.")
-    max_wait_s: float = Field(default=30.0, ge=0, description="Longest `wait` a `/diff` long-poll may ask for.")
+    max_wait_s: float = Field(
+        default=30.0, ge=0, description="Longest `wait` a `/diff` long-poll may ask for."
+    )
     heartbeat_s: float = Field(default=15.0, gt=0, description="SSE comment heartbeat period.")
     bookmark_interval_s: float = Field(
-        default=5.0, gt=0, description="Filtered SSE streams get a bookmark at most this often when the log moved."
+        default=5.0,
+        gt=0,
+        description="Filtered SSE streams get a bookmark at most this often when the log moved.",
     )
     subscriber_buffer: int = Field(
-        default=2000, ge=1, description="Entries buffered per SSE subscriber before it is disconnected as too slow."
+        default=2000,
+        ge=1,
+        description="Entries buffered per SSE subscriber before it is disconnected as too slow.",
     )
     poll_interval_s: float = Field(
-        default=0.5, gt=0,
+        default=0.5,
+        gt=0,
         description="How often the log reader looks for entries written by other processes (SQLite; PostgreSQL uses LISTEN/NOTIFY too).",
     )
-    retention_s: float = Field(default=7 * DAY_S, gt=0, description="Change-log entries older than this are compacted.")
-    compaction_interval_s: float = Field(default=300.0, gt=0, description="How often compaction runs.")
-    max_event_bytes: int = Field(default=1_048_576, ge=1024, description="Largest event accepted by `POST /events`.")
+    retention_s: float = Field(
+        default=7 * DAY_S, gt=0, description="Change-log entries older than this are compacted."
+    )
+    compaction_interval_s: float = Field(
+        default=300.0, gt=0, description="How often compaction runs."
+    )
+    max_event_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest event accepted by `POST /events`."
+    )
 
 
 class ServerSettings(BaseModel):
@@ -63,7 +87,8 @@ class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Interface `opstwin serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `opstwin serve` listens on.")
     public_url: str | None = Field(
-        default=None, description="Base URL clients use (manifest links); unset: taken from each request."
+        default=None,
+        description="Base URL clients use (manifest links); unset: taken from each request.",
     )
 
 
@@ -82,9 +107,15 @@ class Settings(BaseSettings):
         default="dev", description="dev: local defaults allowed; prod: unsafe defaults refused."
     )
     service_name: str = Field(default="opstwin", description="Name in the manifest and logs.")
-    data_dir: Path = Field(default=Path("var"), description="Where the embedded database and local files live.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log threshold.")
-    log_json: bool = Field(default=False, description="Logs as JSON lines (else human-readable key=value).")
+    data_dir: Path = Field(
+        default=Path("var"), description="Where the embedded database and local files live."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log threshold."
+    )
+    log_json: bool = Field(
+        default=False, description="Logs as JSON lines (else human-readable key=value)."
+    )
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -1,0 +1,1 @@
+"""The AIW contract: manifest, schema registry, change log, cursors, `/diff` and `/subscribe`."""

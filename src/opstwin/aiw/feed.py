@@ -1,0 +1,211 @@
+"""LogFeed: one reader of the change log fanning out to every live subscriber.
+
+The feed keeps ``position`` — the highest sequence it has read — and a set of
+:class:`Subscription` buffers. It wakes when this process committed an append (in-process
+listener), when PostgreSQL announces one from any process (LISTEN/NOTIFY), and otherwise every
+``poll_interval_s`` (appends by other processes on SQLite). Each new entry is read from the
+database once, rendered as an SSE frame once, and offered to every subscriber, which keeps
+only what its tenant and filter select. A subscriber whose buffer is full is marked
+overflowed and disconnected: it resumes by cursor and never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from opstwin.aiw.changelog import ChangeLog, EventFilter, LogRow
+from opstwin.config import FeedSettings
+from opstwin.kit.db import Database
+from opstwin.ops.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+_READ_BATCH = 1000
+_RETRY_S = 1.0  # pause after a failed read (database restarting) before trying again
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One change, as every subscriber will receive it."""
+
+    seq: int
+    tenant_id: str
+    type: str
+    twin_id: str | None
+    frame: bytes
+
+
+def event_frame(changelog: ChangeLog, row: LogRow) -> bytes:
+    """The SSE frame of one change: its cursor as ``id``, the envelope as ``data``."""
+    cursor = changelog.codec.encode(row.seq)
+    return f"id: {cursor}\ndata: {changelog.with_cursor(row)}\n\n".encode()
+
+
+class Subscription:
+    """A subscriber's bounded buffer of entries it has not yet written out."""
+
+    def __init__(self, tenant_id: str, flt: EventFilter, capacity: int, registered_at: int) -> None:
+        self.tenant_id = tenant_id
+        self.filter = flt
+        self.capacity = capacity
+        #: The feed position when this subscription was registered: every entry after it is
+        #: offered to the buffer; everything up to it must be read from the database.
+        self.registered_at = registered_at
+        self.overflowed = False
+        self._buffer: deque[FeedEntry] = deque()
+        self._ready = asyncio.Event()
+        self._on_overflow: Callable[[], None] | None = None
+
+    def on_overflow(self, callback: Callable[[], None]) -> None:
+        self._on_overflow = callback
+
+    def offer(self, entry: FeedEntry) -> None:
+        if self.overflowed or entry.tenant_id != self.tenant_id:
+            return
+        if not self.filter.matches(entry.type, entry.twin_id):
+            return
+        if len(self._buffer) >= self.capacity:
+            self.overflowed = True
+            self._buffer.clear()
+            self._ready.set()
+            if self._on_overflow is not None:
+                self._on_overflow()
+            return
+        self._buffer.append(entry)
+        self._ready.set()
+
+    def drain(self) -> list[FeedEntry]:
+        entries = list(self._buffer)
+        self._buffer.clear()
+        self._ready.clear()
+        return entries
+
+    async def wait(self, max_wait: float) -> None:
+        """Until something is buffered (or the buffer overflowed), at most ``max_wait`` seconds."""
+        if self._ready.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), max_wait)
+
+
+class LogFeed:
+    """The single tail of the change log in this process."""
+
+    def __init__(
+        self, db: Database, changelog: ChangeLog, settings: FeedSettings, metrics: Metrics
+    ) -> None:
+        self._db = db
+        self._changelog = changelog
+        self._settings = settings
+        self._metrics = metrics
+        self._subscribers: set[Subscription] = set()
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listen_conn: Any = None
+        self.position = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    async def start(self) -> None:
+        async with self._db.read() as conn:
+            self.position = (await self._changelog.marks(conn)).head
+        self._metrics.changelog_head.set(self.position)
+        self._changelog.add_listener(self.poke)
+        if self._db.backend == "postgresql":
+            await self._listen()
+        self._task = asyncio.create_task(self._run(), name="opstwin-log-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+            self._listen_conn = None
+
+    def poke(self) -> None:
+        """Something was appended: read it now rather than at the next poll."""
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated asyncpg connection so appends by any process wake us."""
+        import asyncpg  # only with the postgres extra; imported where it is needed
+
+        url = self._db.url.set(drivername="postgresql")
+        self._listen_conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+        await self._listen_conn.add_listener(self._db.notify_channel, lambda *_args: self.poke())
+
+    def subscribe(self, tenant_id: str, flt: EventFilter) -> Subscription:
+        sub = Subscription(
+            tenant_id, flt, self._settings.subscriber_buffer, registered_at=self.position
+        )
+        self._subscribers.add(sub)
+        self._metrics.feed_subscribers.set(len(self._subscribers))
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+        self._metrics.feed_subscribers.set(len(self._subscribers))
+
+    async def wait_beyond(self, seq: int, max_wait: float) -> bool:
+        """Wait until the feed has read past ``seq``; False if ``max_wait`` seconds pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while self.position <= seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            advanced = self._advanced
+            try:
+                await asyncio.wait_for(advanced.wait(), remaining)
+            except TimeoutError:
+                return self.position > seq
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_s)
+            self._wake.clear()
+            try:
+                await self.catch_up()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("feed.read_failed", error=str(exc))
+                await asyncio.sleep(_RETRY_S)
+
+    async def catch_up(self) -> None:
+        """Read and fan out everything committed after ``position``."""
+        while True:
+            async with self._db.read() as conn:
+                marks = await self._changelog.marks(conn)
+                if marks.head <= self.position:
+                    return
+                page = await self._changelog.read(
+                    conn, after=self.position, upto=marks.head, limit=_READ_BATCH, tenant_id=None
+                )
+            subscribers = list(self._subscribers)
+            for row in page.rows:
+                entry = FeedEntry(
+                    row.seq, row.tenant_id, row.type, row.twin_id, event_frame(self._changelog, row)
+                )
+                for sub in subscribers:
+                    sub.offer(entry)
+            self.position = page.next_seq
+            self._metrics.changelog_head.set(self.position)
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
+            if not page.has_more:
+                return

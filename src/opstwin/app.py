@@ -1,0 +1,111 @@
+"""The app factory: ``create_app(settings)`` builds every component and a lifespan that owns them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opstwin import __version__
+from opstwin.aiw import endpoints as aiw_endpoints
+from opstwin.aiw.manifest import ResourceType
+from opstwin.config import Settings
+from opstwin.kit.clock import Clock, SystemClock
+from opstwin.kit.errors import OpsTwinError
+from opstwin.kit.ids import IdSource, UlidSource
+from opstwin.ops import endpoints as ops_endpoints
+from opstwin.policy import endpoints as policy_endpoints
+from opstwin.services import Services, build_services
+from opstwin.web import (
+    RequestMetricsMiddleware,
+    handle_http_exception,
+    handle_opstwin_error,
+    handle_unexpected,
+    handle_validation_error,
+)
+
+log = structlog.get_logger(__name__)
+
+#: Idempotency records are kept this long; a retry later than that is a new request.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+async def _maintenance(services: Services) -> None:
+    """Retention: compact the change log and forget old idempotency keys, periodically."""
+    interval = services.settings.feed.compaction_interval_s
+    while True:
+        try:
+            now = services.clock.now()
+            await services.changelog.compact(
+                now - timedelta(seconds=services.settings.feed.retention_s)
+            )
+            async with services.db.write() as tx:
+                await services.idempotency.expire(tx, now - IDEMPOTENCY_TTL)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("maintenance.failed", error=str(exc))
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    ids: IdSource | None = None,
+) -> FastAPI:
+    """A fully wired OpsTwin app; nothing connects until its lifespan starts."""
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+    services = build_services(settings, clock, ids or UlidSource(clock))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.database.auto_migrate:
+            await services.db.migrate()
+        await services.changelog.load()
+        await services.feed.start()
+        maintenance = asyncio.create_task(_maintenance(services), name="opstwin-maintenance")
+        log.info("opstwin.started", backend=services.db.backend, epoch=services.changelog.epoch)
+        try:
+            yield
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await services.feed.stop()
+            await services.db.dispose()
+            log.info("opstwin.stopped")
+
+    app = FastAPI(
+        title="OpsTwin",
+        version=__version__,
+        summary="Operational digital twin with an AIW interface for agents.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_exception_handler(OpsTwinError, handle_opstwin_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected)
+    app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
+
+    app.state.api_routers = [aiw_endpoints.router, policy_endpoints.router, ops_endpoints.router]
+    for router in app.state.api_routers:
+        app.include_router(router)
+
+    services.manifest.add_resource(
+        ResourceType(
+            name="event",
+            schema="event.v1",
+            collection="/diff",
+            description="Every change, in order: the change log. Caller-defined events use type ext.*.",
+            event_types=("ext.*",),
+        )
+    )
+    return app

@@ -1,0 +1,287 @@
+"""The `opstwin` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from opstwin import __version__
+from opstwin.config import Settings
+from opstwin.kit.clock import SystemClock
+from opstwin.kit.errors import OpsTwinError
+from opstwin.logging import configure_logging
+from opstwin.policy.principals import DEFAULT_TENANT, ApiKeyService, IssuedKey
+from opstwin.policy.rbac import Role
+
+app = typer.Typer(
+    help="OpsTwin: operational digital twin with an AIW interface for agents.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
+changelog_app = typer.Typer(help="Change-log maintenance.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(changelog_app, name="changelog")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings)
+    return settings
+
+
+def _run(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(db)`` against a migrated database, turning domain errors into exit code 2."""
+    from opstwin.kit.db import Database
+
+    async def main() -> T:
+        db = Database(
+            settings.database_url,
+            busy_timeout_s=settings.database.busy_timeout_s,
+            schema_name=settings.database.schema_name,
+        )
+        try:
+            await db.migrate()
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except OpsTwinError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    settings = _settings()
+
+    async def noop(_db: Any) -> None:
+        return None
+
+    _run(settings, noop)
+    out.print(f"database at head ({settings.database_url.split('://', 1)[0]})")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: OPSTWIN_SERVER_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: OPSTWIN_SERVER_PORT).")] = None,
+) -> None:
+    """Run the API server."""
+    settings = _settings()
+    _serve(settings, host or settings.server.host, port or settings.server.port)
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    from opstwin.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[Role, typer.Option(help="Role of the key.")],
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")] = DEFAULT_TENANT,
+    expires: Annotated[
+        datetime | None, typer.Option(help="Expiry (ISO 8601, with timezone).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    settings = _settings()
+    if expires is not None and expires.tzinfo is None:
+        err.print("[red]error:[/red] --expires needs a timezone, e.g. 2027-01-01T00:00:00+00:00")
+        raise typer.Exit(2)
+
+    async def work(db: Any) -> IssuedKey:
+        service = ApiKeyService(db, SystemClock())
+        async with db.write() as tx:
+            return await service.create(
+                tx.conn, name=name, role=role, tenant_id=tenant, expires_at=expires
+            )
+
+    issued = _run(settings, work)
+    record = issued.record
+    if as_json:
+        out.print_json(json.dumps(_key_json(issued)))
+        return
+    out.print(
+        f"key {record.key_id} ({record.role.value}, tenant {record.tenant_id}) — shown once, store it now:"
+    )
+    out.print(issued.token, highlight=False)
+
+
+def _key_json(issued: IssuedKey) -> dict[str, Any]:
+    r = issued.record
+    return {
+        "key_id": r.key_id,
+        "name": r.name,
+        "tenant_id": r.tenant_id,
+        "role": r.role.value,
+        "created_at": r.created_at.isoformat(),
+        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+        "token": issued.token,
+    }
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List keys (never their secrets)."""
+    settings = _settings()
+
+    async def work(db: Any) -> list[Any]:
+        async with db.read() as conn:
+            return await ApiKeyService(db, SystemClock()).list(conn, tenant_id=tenant)
+
+    records = _run(settings, work)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "key_id": r.key_id,
+                        "name": r.name,
+                        "tenant_id": r.tenant_id,
+                        "role": r.role.value,
+                        "created_at": r.created_at.isoformat(),
+                        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                    }
+                    for r in records
+                ]
+            )
+        )
+        return
+    table = Table("key_id", "name", "tenant", "role", "created", "expires", "revoked")
+    for r in records:
+        table.add_row(
+            r.key_id,
+            r.name,
+            r.tenant_id,
+            r.role.value,
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "—",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "—",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key_id to revoke.")]) -> None:
+    """Revoke a key; requests with it are refused from now on."""
+    settings = _settings()
+
+    async def work(db: Any) -> None:
+        async with db.write() as tx:
+            await ApiKeyService(db, SystemClock()).revoke(tx.conn, key_id)
+
+    _run(settings, work)
+    out.print(f"revoked {key_id}")
+
+
+@changelog_app.command("rotate-epoch")
+def changelog_rotate_epoch() -> None:
+    """After restoring a backup: give the log a new epoch so clients' cursors get 410 and resync."""
+    settings = _settings()
+
+    async def work(db: Any) -> str:
+        from opstwin.aiw.changelog import ChangeLog
+        from opstwin.aiw.schema_registry import SchemaRegistry
+        from opstwin.kit.ids import UlidSource
+
+        clock = SystemClock()
+        changelog = ChangeLog(db, SchemaRegistry.from_package(), clock, UlidSource(clock))
+        return await changelog.rotate_epoch()
+
+    out.print(f"new epoch {_run(settings, work)}: cursors issued before it now answer 410")
+
+
+DEMO_KEYS_FILE = "demo-keys.json"
+
+
+def _demo_keys(settings: Settings) -> dict[str, str]:
+    """One key per role for the demo, created once and kept (0600) under the data dir."""
+    path: Path = settings.data_dir / DEMO_KEYS_FILE
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+
+    async def work(db: Any) -> dict[str, str]:
+        service = ApiKeyService(db, SystemClock())
+        tokens: dict[str, str] = {}
+        async with db.write() as tx:
+            for role in Role:
+                issued = await service.create(tx.conn, name=f"demo-{role.value}", role=role)
+                tokens[role.value] = issued.token
+        return tokens
+
+    tokens = _run(settings, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tokens, indent=2))
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return tokens
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Start the platform on its embedded defaults with one key per role."""
+    settings = _settings()
+    tokens = _demo_keys(settings)
+    base = f"http://{host}:{port}"
+    out.rule("OpsTwin demo")
+    out.print(f"API        {base}/docs")
+    out.print(f"manifest   {base}/.well-known/aiw-manifest.json")
+    out.print(f"feed       {base}/diff   {base}/subscribe")
+    out.print(f"database   {settings.database_url}")
+    out.print(f"keys       (also in {settings.data_dir / DEMO_KEYS_FILE})")
+    for role, token in tokens.items():
+        out.print(f"  {role:<11}{token}", highlight=False)
+    out.print(
+        f'try        curl -H "Authorization: Bearer {tokens["viewer"]}" {base}/diff',
+        highlight=False,
+    )
+    out.rule()
+    _serve(settings, host, port)
+
+
+def main() -> None:
+    app()

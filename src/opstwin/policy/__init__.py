@@ -1,0 +1,1 @@
+"""Principals, roles and permissions (later: confidence and decisions)."""

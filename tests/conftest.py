@@ -66,7 +66,9 @@ async def drop_schema(schema: str) -> None:
         await conn.close()
 
 
-def make_settings(backend: str, data_dir: Path, schema: str | None = None, **feed: float | int) -> Settings:
+def make_settings(
+    backend: str, data_dir: Path, schema: str | None = None, **feed: float | int
+) -> Settings:
     database = (
         DatabaseSettings(url=PG_URL, schema_name=schema)
         if backend == "postgresql"
@@ -93,7 +95,9 @@ def feed_overrides() -> dict[str, float | int]:
 @pytest.fixture
 async def settings(db_settings: Settings, feed_overrides: dict[str, float | int]) -> Settings:
     if feed_overrides:
-        return db_settings.model_copy(update={"feed": db_settings.feed.model_copy(update=feed_overrides)})
+        return db_settings.model_copy(
+            update={"feed": db_settings.feed.model_copy(update=feed_overrides)}
+        )
     return db_settings
 
 
@@ -112,7 +116,9 @@ def services(app: FastAPI) -> Services:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://opstwin.test") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://opstwin.test"
+    ) as c:
         yield c
 
 
@@ -136,10 +142,15 @@ class Keys:
 async def keys(services: Services) -> Keys:
     async with services.db.write() as tx:
         by_role = {
-            role: await services.keys.create(tx.conn, name=f"test-{role.value}", role=role) for role in Role
+            role: await services.keys.create(tx.conn, name=f"test-{role.value}", role=role)
+            for role in Role
         }
-        other_admin = await services.keys.create(tx.conn, name="other-admin", role=Role.admin, tenant_id="other")
-        other_viewer = await services.keys.create(tx.conn, name="other-viewer", role=Role.viewer, tenant_id="other")
+        other_admin = await services.keys.create(
+            tx.conn, name="other-admin", role=Role.admin, tenant_id="other"
+        )
+        other_viewer = await services.keys.create(
+            tx.conn, name="other-viewer", role=Role.viewer, tenant_id="other"
+        )
     return Keys(by_role=by_role, other_admin=other_admin, other_viewer=other_viewer)
 
 
@@ -159,7 +170,9 @@ async def live_server(app: FastAPI) -> AsyncIterator[LiveServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(10):

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 from opstwin.config import Settings
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Resolve sys.stderr when a logger is made, not once at configuration time.
+    return structlog.PrintLogger(sys.stderr)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -25,8 +31,9 @@ def configure_logging(settings: Settings) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=_stderr_logger,
+        # Not cached: reconfiguring (a test runner swapping stderr) must take effect everywhere.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True

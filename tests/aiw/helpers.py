@@ -10,13 +10,20 @@ from opstwin.aiw.changelog import Appended, NewEvent
 from opstwin.services import Services
 
 
-def ext_event(n: int, *, type_: str = "ext.test.tick", twin: str | None = "line1", tenant: str = "default") -> NewEvent:
+def ext_event(
+    n: int,
+    *,
+    type_: str = "ext.test.tick",
+    twin: str | None = "line1",
+    tenant: str = "default",
+    pad: str = "",
+) -> NewEvent:
     return NewEvent(
         tenant_id=tenant,
         type=type_,
         source="/tests",
         subject=f"twin/{twin}/asset/a1" if twin else "misc/thing",
-        data={"n": n},
+        data={"n": n, "pad": pad} if pad else {"n": n},
     )
 
 

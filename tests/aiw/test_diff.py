@@ -28,19 +28,26 @@ async def test_absent_since_reads_from_the_oldest_and_since_is_exclusive(
     assert [e["data"]["n"] for e in after_second] == [2, 3, 4]
 
 
-async def test_since_now_starts_at_the_head(client: httpx.AsyncClient, services: Services, keys: Keys) -> None:
+async def test_since_now_starts_at_the_head(
+    client: httpx.AsyncClient, services: Services, keys: Keys
+) -> None:
     await append(services, [ext_event(i) for i in range(3)])
     response = await client.get("/diff", params={"since": "now"}, headers=keys.headers(Role.viewer))
     body = response.json()
-    assert body["events"] == [] and body["has_more"] is False
+    assert body["events"] == []
+    assert body["has_more"] is False
     await append(services, [ext_event(99)])
     events, _ = await page_all(client, keys.headers(Role.viewer), since=body["next_cursor"])
     assert [e["data"]["n"] for e in events] == [99]
 
 
-async def test_limit_pages_with_has_more(client: httpx.AsyncClient, services: Services, keys: Keys) -> None:
+async def test_limit_pages_with_has_more(
+    client: httpx.AsyncClient, services: Services, keys: Keys
+) -> None:
     await append(services, [ext_event(i) for i in range(7)])
-    first = (await client.get("/diff", params={"limit": 3}, headers=keys.headers(Role.viewer))).json()
+    first = (
+        await client.get("/diff", params={"limit": 3}, headers=keys.headers(Role.viewer))
+    ).json()
     assert [e["data"]["n"] for e in first["events"]] == [0, 1, 2]
     assert first["has_more"] is True
     assert first["next_cursor"] == first["events"][-1]["cursor"]
@@ -48,11 +55,17 @@ async def test_limit_pages_with_has_more(client: httpx.AsyncClient, services: Se
     assert [e["data"]["n"] for e in rest] == [3, 4, 5, 6]
 
 
-async def test_limit_and_wait_are_bounded_by_settings(client: httpx.AsyncClient, keys: Keys, services: Services) -> None:
+async def test_limit_and_wait_are_bounded_by_settings(
+    client: httpx.AsyncClient, keys: Keys, services: Services
+) -> None:
     too_many = services.settings.feed.page_size_max + 1
-    response = await client.get("/diff", params={"limit": too_many}, headers=keys.headers(Role.viewer))
+    response = await client.get(
+        "/diff", params={"limit": too_many}, headers=keys.headers(Role.viewer)
+    )
     assert response.status_code == 422
-    assert response.json()["errors"] == [{"detail": f"at most {too_many - 1}", "parameter": "limit"}]
+    assert response.json()["errors"] == [
+        {"detail": f"at most {too_many - 1}", "parameter": "limit"}
+    ]
     response = await client.get("/diff", params={"wait": 10_000}, headers=keys.headers(Role.viewer))
     assert response.status_code == 422
     response = await client.get("/diff", params={"limit": 0}, headers=keys.headers(Role.viewer))
@@ -65,7 +78,9 @@ async def test_unknown_parameter_is_rejected(client: httpx.AsyncClient, keys: Ke
     assert response.status_code == 400
     problem = response.json()
     assert problem["type"] == "urn:opstwin:problem:unknown-parameter"
-    assert problem["errors"] == [{"detail": "not a parameter of this endpoint", "parameter": "sinse"}]
+    assert problem["errors"] == [
+        {"detail": "not a parameter of this endpoint", "parameter": "sinse"}
+    ]
 
 
 async def test_filters_select_and_next_cursor_advances_past_filtered_entries(
@@ -91,8 +106,11 @@ async def test_filters_select_and_next_cursor_advances_past_filtered_entries(
     # Nothing matches: the page is empty but the cursor moved to the head, so the next read
     # only sees what comes after — never rescans the filtered entries.
     none = (await client.get("/diff", params={"types": "ext.zzz"}, headers=headers)).json()
-    assert none["events"] == [] and none["has_more"] is False
-    head = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()["next_cursor"]
+    assert none["events"] == []
+    assert none["has_more"] is False
+    head = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()[
+        "next_cursor"
+    ]
     assert none["next_cursor"] == head
     await append(services, [ext_event(4, type_="ext.zzz")])
     later, _ = await page_all(client, headers, since=none["next_cursor"], types="ext.zzz")
@@ -100,7 +118,9 @@ async def test_filters_select_and_next_cursor_advances_past_filtered_entries(
 
 
 async def test_bad_type_wildcard_is_rejected(client: httpx.AsyncClient, keys: Keys) -> None:
-    response = await client.get("/diff", params={"types": "ext.*.x"}, headers=keys.headers(Role.viewer))
+    response = await client.get(
+        "/diff", params={"types": "ext.*.x"}, headers=keys.headers(Role.viewer)
+    )
     assert response.status_code == 400
 
 
@@ -136,7 +156,9 @@ async def test_tampered_cursor_is_400_compacted_is_410_rotated_epoch_is_410(
     assert response.json()["reason"] == "epoch"
 
 
-async def test_tenants_never_see_each_other(client: httpx.AsyncClient, services: Services, keys: Keys) -> None:
+async def test_tenants_never_see_each_other(
+    client: httpx.AsyncClient, services: Services, keys: Keys
+) -> None:
     await append(services, [ext_event(1), ext_event(2, tenant="other"), ext_event(3)])
     mine, _ = await page_all(client, keys.headers(Role.viewer))
     theirs, _ = await page_all(client, keys.auth(keys.other_viewer))
@@ -144,10 +166,16 @@ async def test_tenants_never_see_each_other(client: httpx.AsyncClient, services:
     assert [e["data"]["n"] for e in theirs] == [2]
 
 
-async def test_wait_long_polls_until_a_change(client: httpx.AsyncClient, services: Services, keys: Keys) -> None:
+async def test_wait_long_polls_until_a_change(
+    client: httpx.AsyncClient, services: Services, keys: Keys
+) -> None:
     headers = keys.headers(Role.viewer)
-    head = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()["next_cursor"]
-    request = asyncio.create_task(client.get("/diff", params={"since": head, "wait": 10}, headers=headers))
+    head = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()[
+        "next_cursor"
+    ]
+    request = asyncio.create_task(
+        client.get("/diff", params={"since": head, "wait": 10}, headers=headers)
+    )
     await asyncio.sleep(0.2)
     assert not request.done(), "the long-poll returned before any change"
     await append(services, [ext_event(7)])
@@ -167,7 +195,9 @@ kinds = st.sampled_from(["ext.a.x", "ext.a.y", "ext.b.x", "ext.c"])
 twins = st.sampled_from(["line1", "line2", None])
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     entries=st.lists(st.tuples(kinds, twins), min_size=0, max_size=25),
     filter_types=st.sampled_from([None, "ext.a.*", "ext.c", "ext.a.x,ext.b.x", "ext.none"]),
@@ -184,15 +214,22 @@ async def test_paging_any_filter_sees_exactly_the_matching_entries_in_order(
     limit: int,
 ) -> None:
     headers = keys.headers(Role.viewer)
-    start = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()["next_cursor"]
-    appended = await append(services, [ext_event(i, type_=t, twin=w) for i, (t, w) in enumerate(entries)])
+    start = (await client.get("/diff", params={"since": "now"}, headers=headers)).json()[
+        "next_cursor"
+    ]
+    appended = await append(
+        services, [ext_event(i, type_=t, twin=w) for i, (t, w) in enumerate(entries)]
+    )
 
     def wanted(type_: str, twin: str | None) -> bool:
         if filter_twin is not None and twin != filter_twin:
             return False
         if filter_types is None:
             return True
-        return any(type_.startswith(f[:-1]) if f.endswith(".*") else type_ == f for f in filter_types.split(","))
+        return any(
+            type_.startswith(f[:-1]) if f.endswith(".*") else type_ == f
+            for f in filter_types.split(",")
+        )
 
     expected = [i for i, (t, w) in enumerate(entries) if wanted(t, w)]
     seen: list[int] = []
@@ -213,4 +250,6 @@ async def test_paging_any_filter_sees_exactly_the_matching_entries_in_order(
             break
     assert seen == expected
     # Fully read: the cursor reached the head even when the last entries were filtered out.
-    assert previous_seq == (appended[-1].seq if appended else services.changelog.codec.decode(start).seq)
+    assert previous_seq == (
+        appended[-1].seq if appended else services.changelog.codec.decode(start).seq
+    )

@@ -176,16 +176,20 @@ class SchemaRegistry:
         if not errors:
             return
         field_errors = [
-            FieldError(
-                detail=error.message,
-                pointer=pointer_prefix + "".join(f"/{_escape(p)}" for p in error.absolute_path),
-            )
-            for error in errors[:50]
+            FieldError(detail=error.message, pointer=pointer_prefix + _pointer_of(error)) for error in errors[:50]
         ]
         headline = best_match(errors)
         raise ValidationFailed(
             f"does not match schema {name}: {headline.message}", errors=field_errors
         )
+
+
+def _pointer_of(error: Any) -> str:
+    """JSON pointer of the offending value; for a bad property *name*, of that property."""
+    parts = list(error.absolute_path)
+    if "propertyNames" in error.schema_path and isinstance(error.instance, str):
+        parts.append(error.instance)
+    return "".join(f"/{_escape(p)}" for p in parts)
 
 
 def _escape(part: Any) -> str:

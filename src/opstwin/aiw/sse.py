@@ -67,6 +67,10 @@ class EventStream:
     def close(self) -> None:
         self._feed.unsubscribe(self.subscription)
 
+    def record_overflow(self) -> None:
+        self._metrics.feed_disconnects.labels("slow_consumer").inc()
+        log.warning("subscribe.slow_consumer", tenant=self._tenant_id, buffer=self.subscription.capacity)
+
     def _bookmark(self, seq: int) -> bytes:
         cursor = self._changelog.codec.encode(seq)
         data = jsonutil.dumps_str({"cursor": cursor, "sequence": f"{seq:020d}"})
@@ -113,7 +117,6 @@ class EventStream:
             )
             await sub.wait(max(wake_in, 0.0))
             if sub.overflowed:
-                self._metrics.feed_disconnects.labels("slow_consumer").inc()
                 yield _error_frame(
                     "slow-consumer",
                     "the subscriber fell more than the buffer behind; reconnect with Last-Event-ID to resume",
@@ -154,11 +157,10 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, stream: EventStream) -> None:
-        super().__init__(
-            status_code=200,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            media_type="text/event-stream; charset=utf-8",
-        )
+        # Like StreamingResponse: no body attribute, so no Content-Length header.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,6 +173,7 @@ class EventStreamResponse(Response):
                 cut: list[Any] = []
 
                 def on_overflow() -> None:
+                    self._stream.record_overflow()
                     # If the writer is stuck in send() (client not reading), cut it off.
                     handle = asyncio.get_running_loop().call_later(
                         _OVERFLOW_GRACE_S, tg.cancel_scope.cancel

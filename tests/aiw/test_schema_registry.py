@@ -1,0 +1,77 @@
+"""SchemaRegistry: the fast validator agrees with the reference one; errors carry pointers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opstwin.aiw.schema_registry import SchemaRegistry
+from opstwin.kit.errors import ValidationFailed
+
+registry = SchemaRegistry.from_package()
+VALID = {
+    "specversion": "1.0",
+    "id": "evt_1",
+    "source": "/x",
+    "type": "opstwin.telemetry.appended",
+    "time": "2026-01-01T00:00:00Z",
+    "sequence": "0" * 20,
+    "data": {"a": 1},
+}
+primitive = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30)
+)
+values = st.recursive(
+    primitive,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+attribute_names = st.sampled_from(
+    [
+        *VALID,
+        "subject",
+        "dataschema",
+        "datacontenttype",
+        "cursor",
+        "traceparent",
+        "Bad",
+        "x" * 21,
+        "",
+    ]
+)
+type_values = st.sampled_from(
+    ["opstwin.a.b", "opstwin.a", "ext.x", "ext.", "Opstwin.a.b", "ext.A-b.c", "opstwin.a.b.c"]
+)
+
+
+@settings(max_examples=400)
+@given(
+    changes=st.dictionaries(
+        attribute_names, values | type_values | st.just("2026-01-01T00:00:00+02:00"), max_size=4
+    ),
+    removals=st.sets(st.sampled_from(list(VALID)), max_size=2),
+)
+def test_fast_and_reference_validators_agree(changes: dict[str, Any], removals: set[str]) -> None:
+    instance = {k: v for k, v in {**VALID, **changes}.items() if k not in removals}
+    assert registry.fast_check("event.v1")(instance) == registry.is_valid("event.v1", instance)
+
+
+def test_validation_errors_point_at_fields() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        registry.validate(
+            "event.v1", {**VALID, "type": "nope", "sequence": 5}, pointer_prefix="/body"
+        )
+    pointers = {e.pointer for e in caught.value.errors}
+    assert pointers == {"/body/type", "/body/sequence"}
+
+
+def test_registry_refuses_a_schema_without_a_stable_id() -> None:
+    with pytest.raises(ValueError, match=r"\$id"):
+        SchemaRegistry(
+            {"x.v1": {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "other"}}
+        )

@@ -1,0 +1,34 @@
+"""Health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import httpx
+
+from opstwin.policy.rbac import Role
+from opstwin.services import Services
+from tests.aiw.helpers import append, ext_event
+from tests.conftest import Keys
+
+
+async def test_health_and_ready(client: httpx.AsyncClient, services: Services) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    await append(services, [ext_event(1)])
+    await services.feed.catch_up()
+    ready = (await client.get("/ready")).json()
+    assert ready["status"] == "ready"
+    assert ready["migration"] == "0001"
+    assert ready["head"] == 1
+
+
+async def test_metrics_count_requests_by_route_template(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    await client.get("/schemas/event.v1")
+    await client.get("/diff", params={"since": "bad"}, headers=keys.headers(Role.viewer))
+    text = (await client.get("/metrics", headers=keys.headers(Role.viewer))).text
+    assert (
+        'opstwin_http_requests_total{method="GET",route="/schemas/{name}",status="200"} 1.0' in text
+    )
+    assert 'opstwin_http_requests_total{method="GET",route="/diff",status="400"} 1.0' in text
+    assert "opstwin_changelog_head" in text
+    assert "opstwin_feed_subscribers" in text

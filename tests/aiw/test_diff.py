@@ -21,10 +21,12 @@ async def test_absent_since_reads_from_the_oldest_and_since_is_exclusive(
     appended = await append(services, [ext_event(i) for i in range(5)])
     events, _ = await page_all(client, keys.headers(Role.viewer))
     assert [e["data"]["n"] for e in events] == [0, 1, 2, 3, 4]
-    assert [e["cursor"] for e in events] == [a.cursor for a in appended]
+    assert [e["cursor"] for e in events] == [services.changelog.cursor(a.seq) for a in appended]
     assert [int(e["sequence"]) for e in events] == [a.seq for a in appended]
 
-    after_second, _ = await page_all(client, keys.headers(Role.viewer), since=appended[1].cursor)
+    after_second, _ = await page_all(
+        client, keys.headers(Role.viewer), since=services.changelog.cursor(appended[1].seq)
+    )
     assert [e["data"]["n"] for e in after_second] == [2, 3, 4]
 
 
@@ -129,7 +131,7 @@ async def test_tampered_cursor_is_400_compacted_is_410_rotated_epoch_is_410(
 ) -> None:
     headers = keys.headers(Role.viewer)
     appended = await append(services, [ext_event(i) for i in range(4)])
-    cursor = appended[0].cursor
+    cursor = services.changelog.cursor(appended[0].seq)
     tampered = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
     response = await client.get("/diff", params={"since": tampered}, headers=headers)
     assert response.status_code == 400
@@ -145,13 +147,14 @@ async def test_tampered_cursor_is_400_compacted_is_410_rotated_epoch_is_410(
     assert problem["resync"]["diff"] == "/diff"
     # The last compacted cursor is still valid (nothing after it was lost) and reads new entries.
     await append(services, [ext_event(10)])
-    events, _ = await page_all(client, headers, since=appended[-1].cursor)
+    last_compacted = services.changelog.cursor(appended[-1].seq)
+    events, _ = await page_all(client, headers, since=last_compacted)
     assert [e["data"]["n"] for e in events] == [10]
     oldest, _ = await page_all(client, headers)
     assert [e["data"]["n"] for e in oldest] == [10]
 
     await services.changelog.rotate_epoch()
-    response = await client.get("/diff", params={"since": appended[-1].cursor}, headers=headers)
+    response = await client.get("/diff", params={"since": last_compacted}, headers=headers)
     assert response.status_code == 410
     assert response.json()["reason"] == "epoch"
 

@@ -75,3 +75,29 @@ def test_registry_refuses_a_schema_without_a_stable_id() -> None:
         SchemaRegistry(
             {"x.v1": {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "other"}}
         )
+
+
+async def test_changelog_rejects_invalid_envelopes_even_after_remembering_valid_ones() -> None:
+    from opstwin.aiw.changelog import ChangeLog, NewEvent
+    from opstwin.kit.clock import ManualClock
+    from opstwin.kit.ids import SequentialIds
+
+    changelog = ChangeLog(None, registry, ManualClock(), SequentialIds())  # type: ignore[arg-type]
+    good = NewEvent(tenant_id="t", type="ext.ok", source="/s", subject="twin/a/asset/b", data={})
+    changelog._validate(good, changelog.envelope(good))
+    changelog._validate(good, changelog.envelope(good))  # remembered: same verdict
+    for bad in (
+        NewEvent(tenant_id="t", type="Not.valid", source="/s", data={}),
+        NewEvent(tenant_id="t", type="ext.ok", source="/s", data={}, extensions={"Upper": "x"}),
+        NewEvent(tenant_id="t", type="ext.ok", source="/s", data={}, id=""),
+        NewEvent(
+            tenant_id="t",
+            type="ext.ok",
+            source="/s",
+            subject="twin/a/asset/b",
+            data={},
+            extensions={"n": 1.5},
+        ),  # type: ignore[dict-item]
+    ):
+        with pytest.raises(ValidationFailed):
+            changelog._validate(bad, changelog.envelope(bad))

@@ -37,6 +37,8 @@ from opstwin.kit.ids import IdSource
 log = structlog.get_logger(__name__)
 
 _SEQ_PLACEHOLDER = "0" * 20
+# Bound on remembered envelope verdicts (see ChangeLog._validate); cleared when reached.
+_VERDICT_CACHE_SIZE = 4096
 _SEQ_PLACEHOLDER_JSON = f'"sequence":"{_SEQ_PLACEHOLDER}"'
 
 
@@ -64,12 +66,11 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What an append returns per event."""
+    """What an append returns per event (``ChangeLog.cursor(seq)`` gives its cursor)."""
 
     seq: int
     id: str
     type: str
-    cursor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class ChangeLog:
         self._listeners: list[Callable[[], None]] = []
         self._codec: CursorCodec | None = None
         self._check_envelope = schemas.fast_check("event.v1")
+        self._valid_shapes: set[tuple[Any, ...]] = set()
 
     async def load(self) -> None:
         """Read the epoch and cursor secret (after migrations)."""
@@ -194,17 +196,30 @@ class ChangeLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def envelope(self, event: NewEvent) -> dict[str, Any]:
-        """The CloudEvents envelope of ``event`` (``sequence`` still a placeholder)."""
+    def cursor(self, seq: int) -> str:
+        """The cursor that resumes right after entry ``seq``."""
+        return self.codec.encode(seq)
+
+    def envelope(
+        self, event: NewEvent, now: str | None = None, new_id: str | None = None
+    ) -> dict[str, Any]:
+        """The CloudEvents envelope of ``event`` (``sequence`` still a placeholder).
+
+        ``now`` is the RFC 3339 time and ``new_id`` the id for events without their own
+        (appends prepare both once per batch).
+        """
         env: dict[str, Any] = {
             "specversion": "1.0",
-            "id": event.id or self._ids.new("evt"),
+            "id": event.id if event.id is not None else (new_id or self._ids.new("evt")),
             "source": event.source,
             "type": event.type,
         }
         if event.subject is not None:
             env["subject"] = event.subject
-        env["time"] = rfc3339(event.time or self._clock.now())
+        if event.time is not None:
+            env["time"] = rfc3339(event.time)
+        else:
+            env["time"] = now or rfc3339(self._clock.now())
         env["datacontenttype"] = "application/json"
         if event.dataschema is not None:
             env["dataschema"] = event.dataschema
@@ -216,19 +231,50 @@ class ChangeLog:
         env["data"] = event.data
         return env
 
+    def _validate(self, event: NewEvent, env: dict[str, Any]) -> None:
+        """Check ``env`` against event.v1 (422 with pointers when it fails).
+
+        An envelope's validity depends only on the attributes its producer chose: ``data`` is
+        unconstrained by event.v1, and an ``id``/``time`` we generated, ``specversion``,
+        ``datacontenttype`` and the ``sequence`` placeholder are valid by construction. So the
+        verdict is remembered per tuple of those attributes — a batch of a thousand telemetry
+        entries is checked once per distinct (source, type, subject, …), not a thousand times.
+        """
+        extensions = tuple(event.extensions.items())
+        if all(isinstance(v, str | int | bool) for _, v in extensions):
+            shape: tuple[Any, ...] | None = (
+                event.source,
+                event.type,
+                event.subject,
+                event.dataschema,
+                extensions,
+                event.id,
+                None if event.time is None else env["time"],
+            )
+            if shape in self._valid_shapes:
+                return
+        else:
+            shape = None  # unhashable extension values: invalid anyway, never remembered
+        if not self._check_envelope(env):
+            self._schemas.validate("event.v1", env)  # raises with pointers
+            raise OpsTwinError("event.v1 validators disagree on an envelope")  # pragma: no cover
+        if shape is not None:
+            if len(self._valid_shapes) >= _VERDICT_CACHE_SIZE:
+                self._valid_shapes.clear()
+            self._valid_shapes.add(shape)
+
     async def append(self, tx: Transaction, events: Sequence[NewEvent]) -> list[Appended]:
         """Append ``events`` in the caller's transaction; returns their sequence and cursors."""
         if not events:
             return []
-        recorded_us = to_micros(self._clock.now())
+        now = self._clock.now()
+        recorded_us = to_micros(now)
+        now_text = rfc3339(now)
         prepared: list[tuple[NewEvent, dict[str, Any], str]] = []
-        for event in events:
-            env = self.envelope(event)
-            if not self._check_envelope(env):
-                self._schemas.validate("event.v1", env)  # raises with pointers
-                raise OpsTwinError(
-                    "event.v1 validators disagree on an envelope"
-                )  # pragma: no cover
+        fresh_ids = self._ids.batch("evt", len(events))
+        for event, fresh_id in zip(events, fresh_ids, strict=True):
+            env = self.envelope(event, now_text, fresh_id)
+            self._validate(event, env)
             prepared.append((event, env, jsonutil.dumps_str(env)))
 
         # ---- the ordering lock is taken here and held until the caller commits ----
@@ -258,9 +304,7 @@ class ChangeLog:
                     "envelope": body.replace(_SEQ_PLACEHOLDER_JSON, f'"sequence":"{seq:020d}"', 1),
                 }
             )
-            appended.append(
-                Appended(seq=seq, id=env["id"], type=event.type, cursor=self.codec.encode(seq))
-            )
+            appended.append(Appended(seq=seq, id=env["id"], type=event.type))
         await tx.conn.execute(insert(change_log), rows)
         if tx.backend == "postgresql":
             await tx.conn.execute(

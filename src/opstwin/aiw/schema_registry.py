@@ -8,6 +8,7 @@ reference each other by ``$id``. The registry is built once by the app factory.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +44,7 @@ _PORTABLE_KEYWORDS = frozenset(
         "required",
         "additionalProperties",
         "propertyNames",
+        "patternProperties",
         "minProperties",
         "maxProperties",
         "pattern",
@@ -64,7 +66,7 @@ _PORTABLE_KEYWORDS = frozenset(
     }
 )
 # Keywords whose value is a map of name → subschema rather than a subschema or keyword set.
-_SCHEMA_MAPS = frozenset({"properties"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties"})
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -176,7 +178,8 @@ class SchemaRegistry:
         if not errors:
             return
         field_errors = [
-            FieldError(detail=error.message, pointer=pointer_prefix + _pointer_of(error)) for error in errors[:50]
+            FieldError(detail=error.message, pointer=pointer_prefix + _pointer_of(error))
+            for error in errors[:50]
         ]
         headline = best_match(errors)
         raise ValidationFailed(
@@ -189,6 +192,15 @@ def _pointer_of(error: Any) -> str:
     parts = list(error.absolute_path)
     if "propertyNames" in error.schema_path and isinstance(error.instance, str):
         parts.append(error.instance)
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        # "Additional properties are not allowed ('X' was unexpected)": point at each culprit.
+        allowed = set(error.schema.get("properties", {}))
+        patterns = [re.compile(p) for p in error.schema.get("patternProperties", {})]
+        extra = [
+            k for k in error.instance if k not in allowed and not any(p.search(k) for p in patterns)
+        ]
+        if extra:
+            parts.append(extra[0])
     return "".join(f"/{_escape(p)}" for p in parts)
 
 

@@ -69,7 +69,9 @@ class EventStream:
 
     def record_overflow(self) -> None:
         self._metrics.feed_disconnects.labels("slow_consumer").inc()
-        log.warning("subscribe.slow_consumer", tenant=self._tenant_id, buffer=self.subscription.capacity)
+        log.warning(
+            "subscribe.slow_consumer", tenant=self._tenant_id, buffer=self.subscription.capacity
+        )
 
     def _bookmark(self, seq: int) -> bytes:
         cursor = self._changelog.codec.encode(seq)

@@ -39,12 +39,15 @@ class ManualClock:
         self._now += delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch, the storage form of instants (backend-neutral, sortable)."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: every instant in OpsTwin is timezone-aware")
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:

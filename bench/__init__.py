@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`). Each module exposes ``run() -> None`` and prints its figures."""

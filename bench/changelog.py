@@ -15,8 +15,8 @@ from opstwin.aiw.schema_registry import SchemaRegistry
 from opstwin.aiw.tables import change_log
 from opstwin.app import create_app
 from opstwin.config import DatabaseSettings, Settings
-from opstwin.kit.clock import SystemClock
 from opstwin.kit import jsonutil
+from opstwin.kit.clock import SystemClock
 from opstwin.kit.db import Database
 from opstwin.kit.ids import UlidSource
 from opstwin.policy.rbac import Role

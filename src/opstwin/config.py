@@ -70,6 +70,14 @@ class FeedSettings(BaseModel):
         gt=0,
         description="How often the log reader looks for entries written by other processes (SQLite; PostgreSQL uses LISTEN/NOTIFY too).",
     )
+    fanout_interval_s: float = Field(
+        default=0.05,
+        ge=0,
+        description=(
+            "Least time between two fan-outs to subscribers. Idle: a change goes out at once; "
+            "under load, every wake carries all changes since the last (adaptive batching)."
+        ),
+    )
     retention_s: float = Field(
         default=7 * DAY_S, gt=0, description="Change-log entries older than this are compacted."
     )

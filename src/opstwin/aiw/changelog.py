@@ -136,7 +136,7 @@ class EventFilter:
             return False
         if not self.types and not self.type_prefixes:
             return True
-        return type_ in self.types or any(type_.startswith(p) for p in self.type_prefixes)
+        return type_ in self.types or type_.startswith(self.type_prefixes)
 
     def where(self) -> list[Any]:
         clauses: list[Any] = []

@@ -67,20 +67,22 @@ class Subscription:
     def on_overflow(self, callback: Callable[[], None]) -> None:
         self._on_overflow = callback
 
-    def offer(self, entry: FeedEntry) -> None:
+    def offer(self, entry: FeedEntry) -> bool:
+        """Buffer ``entry`` if this subscriber wants it; True when it was buffered."""
         if self.overflowed or entry.tenant_id != self.tenant_id:
-            return
+            return False
         if not self.filter.matches(entry.type, entry.twin_id):
-            return
+            return False
         if len(self._buffer) >= self.capacity:
             self.overflowed = True
             self._buffer.clear()
             self._ready.set()
             if self._on_overflow is not None:
                 self._on_overflow()
-            return
+            return False
         self._buffer.append(entry)
         self._ready.set()
+        return True
 
     def drain(self) -> list[FeedEntry]:
         entries = list(self._buffer)
@@ -88,12 +90,18 @@ class Subscription:
         self._ready.clear()
         return entries
 
-    async def wait(self, max_wait: float) -> None:
-        """Until something is buffered (or the buffer overflowed), at most ``max_wait`` seconds."""
-        if self._ready.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), max_wait)
+    def tick(self) -> None:
+        """Wake the subscriber so it can check its heartbeat and bookmark deadlines."""
+        self._ready.set()
+
+    async def wait(self) -> None:
+        """Until something is buffered, the buffer overflowed, or the feed's ticker fired.
+
+        No timer per subscriber: the feed's single ticker wakes every subscriber about once a
+        second (see :meth:`LogFeed._tick`); with a thousand subscribers that is far cheaper
+        than a thousand timeouts rescheduled on every change.
+        """
+        await self._ready.wait()
 
 
 class LogFeed:
@@ -110,6 +118,7 @@ class LogFeed:
         self._wake = asyncio.Event()
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._listen_conn: Any = None
         self.position = 0
 
@@ -125,13 +134,15 @@ class LogFeed:
         if self._db.backend == "postgresql":
             await self._listen()
         self._task = asyncio.create_task(self._run(), name="opstwin-log-feed")
+        self._ticker = asyncio.create_task(self._tick(), name="opstwin-feed-ticker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ticker = None
         if self._listen_conn is not None:
             await self._listen_conn.close()
             self._listen_conn = None
@@ -170,16 +181,39 @@ class LogFeed:
                 return False
             advanced = self._advanced
             try:
-                await asyncio.wait_for(advanced.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await advanced.wait()
             except TimeoutError:
                 return self.position > seq
         return True
 
+    @property
+    def tick_s(self) -> float:
+        """How often idle subscribers are woken to check heartbeat and bookmark deadlines."""
+        settings = self._settings
+        return min(1.0, settings.heartbeat_s / 4, settings.bookmark_interval_s / 4)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            for sub in list(self._subscribers):
+                sub.tick()
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_fanout = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_s)
+                async with asyncio.timeout(self._settings.poll_interval_s):
+                    await self._wake.wait()
+            # Adaptive batching: right after a fan-out, let changes gather for the rest of the
+            # interval, so a busy log wakes each subscriber once per interval with everything
+            # new rather than once per change. An idle log is read at once.
+            delay = last_fanout + self._settings.fanout_interval_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
             self._wake.clear()
+            last_fanout = loop.time()
             try:
                 await self.catch_up()
             except (SQLAlchemyError, OSError) as exc:
@@ -197,12 +231,14 @@ class LogFeed:
                     conn, after=self.position, upto=marks.head, limit=_READ_BATCH, tenant_id=None
                 )
             subscribers = list(self._subscribers)
+            delivered = 0
             for row in page.rows:
                 entry = FeedEntry(
                     row.seq, row.tenant_id, row.type, row.twin_id, event_frame(self._changelog, row)
                 )
                 for sub in subscribers:
-                    sub.offer(entry)
+                    delivered += sub.offer(entry)
+            self._metrics.feed_deliveries.inc(delivered)
             self.position = page.next_seq
             self._metrics.changelog_head.set(self.position)
             advanced, self._advanced = self._advanced, asyncio.Event()

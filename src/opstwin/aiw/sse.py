@@ -99,25 +99,14 @@ class EventStream:
                 )
             if page.rows:
                 yield b"".join(event_frame(self._changelog, row) for row in page.rows)
-                self._metrics.feed_deliveries.inc(len(page.rows))
                 last_id = page.rows[-1].seq
                 last_frame_at = loop.time()
             after = page.next_seq
         scanned = max(after, last_id)
 
-        # 2. Follow the live buffer.
+        # 2. Follow the live buffer (woken by new entries and by the feed's ticker).
         while True:
-            now = loop.time()
-            wake_in = (
-                min(
-                    last_frame_at + self._settings.heartbeat_s,
-                    last_frame_at + self._settings.bookmark_interval_s
-                    if scanned > last_id
-                    else float("inf"),
-                )
-                - now
-            )
-            await sub.wait(max(wake_in, 0.0))
+            await sub.wait()
             if sub.overflowed:
                 yield _error_frame(
                     "slow-consumer",
@@ -128,7 +117,6 @@ class EventStream:
             now = loop.time()
             if entries:
                 yield b"".join(e.frame for e in entries)
-                self._metrics.feed_deliveries.inc(len(entries))
                 last_id = entries[-1].seq
                 last_frame_at = now
                 continue

@@ -33,7 +33,7 @@ class Metrics:
         )
         self.feed_deliveries = Counter(
             "opstwin_feed_deliveries",
-            "Change events written to /subscribe streams.",
+            "Change events handed to /subscribe streams (catch-up reads excluded).",
             registry=self.registry,
         )
         self.feed_disconnects = Counter(

@@ -63,7 +63,7 @@ class FeedSettings(BaseModel):
     subscriber_buffer: int = Field(
         default=2000,
         ge=1,
-        description="Entries buffered per SSE subscriber before it is disconnected as too slow.",
+        description="A subscriber still holding more than this many unsent entries when the next fan-out comes is disconnected as too slow (it resumes by cursor).",
     )
     poll_interval_s: float = Field(
         default=0.5,

@@ -67,22 +67,28 @@ class Subscription:
     def on_overflow(self, callback: Callable[[], None]) -> None:
         self._on_overflow = callback
 
-    def offer(self, entry: FeedEntry) -> bool:
-        """Buffer ``entry`` if this subscriber wants it; True when it was buffered."""
-        if self.overflowed or entry.tenant_id != self.tenant_id:
-            return False
-        if not self.filter.matches(entry.type, entry.twin_id):
-            return False
-        if len(self._buffer) >= self.capacity:
+    def offer(self, entries: list[FeedEntry]) -> int:
+        """Buffer what this subscriber wants of one fan-out; returns how many entries.
+
+        A subscriber that still holds more than ``capacity`` entries from earlier fan-outs has
+        not kept up: it is marked overflowed (and cut off) instead. One fan-out is always
+        taken whole, so the buffer never exceeds ``capacity`` plus one read page.
+        """
+        if self.overflowed:
+            return 0
+        if len(self._buffer) > self.capacity:
             self.overflowed = True
             self._buffer.clear()
             self._ready.set()
             if self._on_overflow is not None:
                 self._on_overflow()
-            return False
-        self._buffer.append(entry)
-        self._ready.set()
-        return True
+            return 0
+        tenant, flt = self.tenant_id, self.filter
+        wanted = [e for e in entries if e.tenant_id == tenant and flt.matches(e.type, e.twin_id)]
+        if wanted:
+            self._buffer.extend(wanted)
+            self._ready.set()
+        return len(wanted)
 
     def drain(self) -> list[FeedEntry]:
         entries = list(self._buffer)
@@ -230,14 +236,13 @@ class LogFeed:
                 page = await self._changelog.read(
                     conn, after=self.position, upto=marks.head, limit=_READ_BATCH, tenant_id=None
                 )
-            subscribers = list(self._subscribers)
-            delivered = 0
-            for row in page.rows:
-                entry = FeedEntry(
+            entries = [
+                FeedEntry(
                     row.seq, row.tenant_id, row.type, row.twin_id, event_frame(self._changelog, row)
                 )
-                for sub in subscribers:
-                    delivered += sub.offer(entry)
+                for row in page.rows
+            ]
+            delivered = sum(sub.offer(entries) for sub in list(self._subscribers))
             self._metrics.feed_deliveries.inc(delivered)
             self.position = page.next_seq
             self._metrics.changelog_head.set(self.position)

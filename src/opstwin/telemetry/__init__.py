@@ -1,0 +1,1 @@
+"""Telemetry: normalisation, ingest, sources, time-series queries and anomaly detection."""

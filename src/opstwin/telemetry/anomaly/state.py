@@ -1,0 +1,100 @@
+"""What the detector remembers per series; plain data that round-trips through JSON types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class Excursion:
+    """An open anomaly and what is needed to resolve it."""
+
+    anomaly_id: str
+    kind: str
+    score: float
+    severity: str
+    start_ts: int
+    samples: int = 1
+    calm: int = 0
+    clear_stat: float = 0.0  # drift: EWMA of z since the alarm
+    peak_abs_z: float = 0.0
+    tracking: bool = False  # re-centred on a trend that was still moving; resolves when it settles
+    # Linear fit of value against sample index over the current re-learn window (Welford
+    # co-moments), to tell a level that settled from one still drifting.
+    win_n: int = 0
+    win_mean_k: float = 0.0
+    win_mean_x: float = 0.0
+    win_m2_k: float = 0.0
+    win_m2_x: float = 0.0
+    win_c_kx: float = 0.0
+
+    def add(self, x: float) -> None:
+        """Add a value to the current re-learn window's linear fit."""
+        k = float(self.win_n)
+        self.win_n += 1
+        dk = k - self.win_mean_k
+        dx = x - self.win_mean_x
+        self.win_mean_k += dk / self.win_n
+        self.win_mean_x += dx / self.win_n
+        self.win_m2_k += dk * (k - self.win_mean_k)
+        self.win_c_kx += dk * (x - self.win_mean_x)
+        self.win_m2_x += dx * (x - self.win_mean_x)
+
+    def restart_window(self) -> None:
+        self.win_n = 0
+        self.win_mean_k = self.win_mean_x = self.win_m2_k = self.win_m2_x = self.win_c_kx = 0.0
+
+
+@dataclass(slots=True)
+class SeriesState:
+    """Baseline, detection statistics and the open excursion of one series."""
+
+    n: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+    z: float = 0.0
+    last_value: float | None = None
+    last_ts: int | None = None
+    flat_run: int = 0
+    cusum_pos: float = 0.0
+    cusum_neg: float = 0.0
+    cusum_pos_len: int = 0
+    cusum_neg_len: int = 0
+    ewma_z: float = 0.0
+    recent_z: list[float] = field(default_factory=list)  # last DIFF_LAG z, oldest first
+    # Slow EWMAs of (z_t − z_{t−1})² and (z_t − z_{t−LAG})², started at 0 and bias-corrected
+    # by 1 − ac_decay, ac_decay = (1 − α)^ac_n kept by multiplication (flushed to 0 once
+    # it no longer changes the correction).
+    diff1_sq: float = 0.0
+    diff_lag_sq: float = 0.0
+    ac_n: int = 0
+    ac_decay: float = 1.0
+    excursion: Excursion | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SeriesState:
+        values = dict(data)
+        excursion = values.pop("excursion", None)
+        state = cls(**values)
+        state.excursion = None if excursion is None else Excursion(**excursion)
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineSnapshot:
+    """What the reported state of an asset shows for one metric."""
+
+    samples: int
+    mean: float | None
+    std: float | None
+    z: float | None
+    last_value: float | None
+    last_ts: datetime | None
+    warmed_up: bool
+    open_anomaly_id: str | None
+    open_kind: str | None

@@ -1,0 +1,555 @@
+"""One series: the per-sample reference loop and its vectorised fast path.
+
+:meth:`SeriesTracker.step` is the definition of the detector's behaviour, one sample at a
+time. :meth:`SeriesTracker.run` processes a batch: while the series is quiet (no open
+excursion, warm, correlation learnt) it computes a whole chunk at once — mean and variance
+with ``scipy.signal.lfilter`` (first-order linear filters, bit-identical to the scalar
+updates), the correlation statistics the same way, the CUSUM with the Lindley identity
+``S_t = C_t − min(0, min_{j≤t} C_j)`` over the cumulative sum ``C``, flat runs from the
+index of the last move — and commits the chunk up to the first sample where anything could
+fire. From there :meth:`step` takes over until the series has been quiet again for a few
+samples. Warm-up, excursions and short batches go through :meth:`step` too. The CUSUM is
+the one statistic whose vectorised form rounds differently (by ~1e-13), so a batch and the
+same points fed one at a time agree to rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.signal import lfilter
+
+from opstwin.kit.clock import from_micros, rfc3339
+from opstwin.kit.ids import IdSource
+from opstwin.telemetry.anomaly.config import SeriesConfig, SeriesKey
+from opstwin.telemetry.anomaly.kinds import (
+    ANOMALY_KINDS,
+    DRIFT,
+    FLATLINE,
+    OUT_OF_RANGE,
+    SPIKE,
+)
+from opstwin.telemetry.anomaly.state import BaselineSnapshot, Excursion, SeriesState
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+# A record with the sample time it belongs to (µs), for ordering a batch's output.
+Emitted = tuple[int, dict[str, Any]]
+
+# Relative floor on σ: below ~1e-9·|mean| a "variance" is floating-point noise, and a
+# perfectly constant baseline would otherwise turn any change into an infinite z.
+REL_STD_FLOOR = 1e-9
+# Drift scores 0.5 for an estimated 1 σ shift, and a drift excursion is calm again when the
+# EWMA of z since the alarm is back within half a σ (the CUSUM's usual allowance).
+DRIFT_REFERENCE_SHIFT = 1.0
+DRIFT_CLEAR_SHIFT = 0.5
+# Real residuals are autocorrelated (seasonality, slow wander), and a CUSUM fed with them
+# alarms on every swing. The drift statistic therefore runs on z / sqrt(I), I ≥ 1 being how
+# much that correlation inflates the variance of z averaged over the drift detector's
+# horizon (an EWMA with λ = 0.1, ~20 samples). Two shapes are covered, I the larger:
+#   short memory, AR(1)-like with lag-1 correlation ρ:  I = (1 + (1−λ)ρ) / (1 − (1−λ)ρ);
+#   slow components (seasons, wander), a share f of the variance still there LAG samples
+#   later:  I = 1 + f·2(1−λ)/λ.
+# ρ and f come from squared *differences*, ρ = 1 − E[(z_t − z_{t−1})²]/2 and
+# f = 1 − E[(z_t − z_{t−LAG})²]/2 (z has unit variance by construction), because a real
+# shift of the mean adds only a few large differences, whereas any second moment around 0
+# would grow with the very drift being detected. Both are learnt 8× more slowly than the
+# baseline (config.AUTOCORR_HALFLIFE_FACTOR), less two standard errors of their estimate
+# (so white noise gives I = 1), and capped so that some sensitivity remains.
+DIFF_LAG = 10
+DRIFT_HORIZON_LAMBDA = 0.1
+SLOW_GAIN = 2.0 * (1.0 - DRIFT_HORIZON_LAMBDA) / DRIFT_HORIZON_LAMBDA
+CORRELATION_MAX = 0.95
+# Drift detection starts once the correlation has been learnt from this many samples after
+# warm-up; before that a seasonal series would look like a string of drifts.
+CORRELATION_LEARNING_SAMPLES = 200
+# When an excursion outlasts relearn_after_samples, its own linear trend decides: changed by
+# less than 1 σ over the window → settled at a new level (re-learn, resolve); more → still
+# drifting (follow the trend, keep the anomaly open).
+DRIFT_SETTLED_CHANGE = 1.0
+# Once (1 − α)^n is below this, 1 − (1 − α)^n is exactly 1.0: the decay is flushed to 0
+# rather than carried on into subnormal numbers (slow, and pointless).
+DECAY_FLUSH = 1e-30
+# The vectorised CUSUM differs from the per-sample one by rounding; hand over to the exact
+# loop slightly before the decision interval so no alarm is decided on rounded values.
+CUSUM_HANDOFF_MARGIN = 1e-6
+# z is reported (and stored) capped: a zero-variance baseline can make it overflow.
+Z_CAP = 1e9
+# Work sizes: a vectorised chunk (bounded so an early event wastes little work), the shortest
+# stretch worth vectorising (numpy call overhead ~ dozens of per-sample steps), quiet samples
+# the loop wants before handing back, and how many samples it converts to floats at a time.
+FAST_CHUNK = 4096
+FAST_MIN_POINTS = 64
+SCALAR_RESUME_AFTER = 8
+SCALAR_SLICE = 256
+
+
+class SeriesTracker:
+    """Detection for one series: the per-sample reference loop and its vectorised fast path."""
+
+    __slots__ = ("cfg", "ids", "key", "state")
+
+    def __init__(
+        self, key: SeriesKey, cfg: SeriesConfig, ids: IdSource, state: SeriesState
+    ) -> None:
+        self.key = key
+        self.cfg = cfg
+        self.ids = ids
+        self.state = state
+
+    def run(self, ts: IntArray, xs: FloatArray, out: list[Emitted]) -> None:
+        i, total = 0, len(xs)
+        while i < total:
+            if self._steady() and total - i >= FAST_MIN_POINTS:
+                i = self._fast(ts, xs, i)
+                if i >= total:
+                    break
+            i = self._loop(ts, xs, i, out)
+
+    def _steady(self) -> bool:
+        st = self.state
+        return (
+            st.excursion is None
+            and st.n >= self.cfg.steady_from
+            and st.ac_n >= CORRELATION_LEARNING_SAMPLES
+            and len(st.recent_z) == DIFF_LAG
+        )
+
+    def _loop(self, ts: IntArray, xs: FloatArray, i: int, out: list[Emitted]) -> int:
+        """Per-sample processing from ``i`` until the series has been quiet for a while."""
+        total = len(xs)
+        quiet = 0
+        while i < total:
+            stop = min(total, i + SCALAR_SLICE)
+            for t, x in zip(ts[i:stop].tolist(), xs[i:stop].tolist(), strict=True):
+                self.step(t, x, out)
+                i += 1
+                if not self._steady():
+                    quiet = 0
+                    continue
+                quiet += 1
+                if quiet >= SCALAR_RESUME_AFTER and total - i >= FAST_MIN_POINTS:
+                    return i
+        return i
+
+    def step(self, t: int, x: float, out: list[Emitted]) -> None:
+        """Process one sample: the reference semantics the vectorised path reproduces."""
+        cfg, st = self.cfg, self.state
+        n, m0 = st.n, st.mean
+        if n:
+            s = math.sqrt(st.var)
+            floor = REL_STD_FLOOR * abs(m0)
+            if floor < cfg.std_floor:
+                floor = cfg.std_floor
+            s_eff = s if s > floor else floor
+            d = x - m0
+            z = d / s_eff
+        else:
+            s = s_eff = d = z = 0.0
+        oor = x < cfg.hard_low or x > cfg.hard_high
+        moving = st.last_value is None or abs(x - st.last_value) > cfg.flatline_tolerance
+        st.flat_run = 0 if moving else st.flat_run + 1  # counted through excursions too
+        st.last_value, st.last_ts = x, t
+        st.z = z if -Z_CAP <= z <= Z_CAP else (Z_CAP if z > 0.0 else -Z_CAP)
+
+        if st.excursion is not None:
+            self._continue(t, x, z, s, s_eff, oor, moving, out)
+            return
+
+        kind: str | None = None
+        shift = 0.0
+        if oor:
+            kind = OUT_OF_RANGE
+        elif n >= cfg.warmup_samples and abs(z) >= cfg.z_threshold:
+            kind = SPIKE
+        elif n >= cfg.warmup_samples:
+            # Early z are unreliable (a baseline of a few samples), so the correlation is
+            # learnt from the end of warm-up on, like the drift statistic itself.
+            scale = self._learn_correlation(z)
+            if st.ac_n > CORRELATION_LEARNING_SAMPLES:
+                shift = self._update_drift(z * scale, scale)
+            if st.flat_run >= cfg.flatline_window - 1 and s > cfg.flat_min_std:
+                kind = FLATLINE
+            elif shift:
+                kind = DRIFT
+        if kind is not None:
+            self._open(kind, t, x, z, s_eff, shift, out)
+            return
+        if n:
+            recent = st.recent_z
+            recent.append(z)
+            if len(recent) > DIFF_LAG:
+                del recent[0]
+
+        n1 = n + 1
+        if n1 >= cfg.const_weight_from:
+            a, c, ca = cfg.alpha, cfg.keep, cfg.keep_alpha
+        else:
+            a = 1.0 / n1
+            c = 1.0 - a
+            ca = c * a
+        st.mean = c * m0 + a * x
+        st.var = c * st.var + ca * (d * d)
+        st.n = n1
+
+    def _learn_correlation(self, z: float) -> float:
+        """Learn the residuals' correlation from this sample; returns the drift scale
+        1/sqrt(I) as it stood before it."""
+        cfg, st = self.cfg, self.state
+        scale = 1.0
+        n = st.ac_n
+        if n:
+            margin = cfg.ac_margin if n >= cfg.ac_n_eff else 2.0 * math.sqrt(2.0 / n)
+            scale = _drift_scale(st.diff1_sq, st.diff_lag_sq, 1.0 - st.ac_decay, margin)
+        recent = st.recent_z
+        if len(recent) < DIFF_LAG:  # just after an excursion: nothing to difference yet
+            return scale
+        step1 = z - recent[-1]
+        step_lag = z - recent[0]
+        keep, alpha = cfg.ac_keep, cfg.ac_alpha
+        st.diff1_sq = keep * st.diff1_sq + alpha * (step1 * step1)
+        st.diff_lag_sq = keep * st.diff_lag_sq + alpha * (step_lag * step_lag)
+        decay = st.ac_decay * keep
+        st.ac_decay = decay if decay >= DECAY_FLUSH else 0.0
+        st.ac_n = n + 1
+        return scale
+
+    def _update_drift(self, z: float, scale: float) -> float:
+        """Advance the drift statistic with the scaled residual; the signed shift estimate
+        (in σ of the raw residual) if it alarms, else 0."""
+        cfg, st = self.cfg, self.state
+        if cfg.drift_method == "ewma":
+            st.ewma_z = cfg.ewma_keep * st.ewma_z + cfg.ewma_smoothing * z
+            return st.ewma_z / scale if abs(st.ewma_z) >= cfg.ewma_limit_z else 0.0
+        up = st.cusum_pos + (z - cfg.cusum_k)
+        if up > 0.0:
+            st.cusum_pos, st.cusum_pos_len = up, st.cusum_pos_len + 1
+        else:
+            st.cusum_pos, st.cusum_pos_len = 0.0, 0
+        down = st.cusum_neg + (-z - cfg.cusum_k)
+        if down > 0.0:
+            st.cusum_neg, st.cusum_neg_len = down, st.cusum_neg_len + 1
+        else:
+            st.cusum_neg, st.cusum_neg_len = 0.0, 0
+        # The CUSUM's own estimate of the shift (mean of the scaled z since it left 0), in σ.
+        if st.cusum_pos >= cfg.cusum_h and st.cusum_pos >= st.cusum_neg:
+            return (st.cusum_pos / st.cusum_pos_len + cfg.cusum_k) / scale
+        if st.cusum_neg >= cfg.cusum_h:
+            return -(st.cusum_neg / st.cusum_neg_len + cfg.cusum_k) / scale
+        return 0.0
+
+    def _fast(self, ts: IntArray, xs: FloatArray, i: int) -> int:
+        """Vectorised :meth:`step` over a quiet stretch; commits up to the first sample that
+        could open an anomaly and returns its index (or the end of the chunk)."""
+        cfg, st = self.cfg, self.state
+        x = xs[i : i + FAST_CHUNK]
+        count = len(x)
+        den = (1.0, -cfg.keep)
+        mean = lfilter((cfg.alpha,), den, x, zi=(cfg.keep * st.mean,))[0]
+        mean_prev = np.empty(count)
+        mean_prev[0] = st.mean
+        mean_prev[1:] = mean[:-1]
+        d = x - mean_prev
+        var = lfilter((cfg.keep_alpha,), den, d * d, zi=(cfg.keep * st.var,))[0]
+        var_prev = np.empty(count)
+        var_prev[0] = st.var
+        var_prev[1:] = var[:-1]
+        s = np.sqrt(var_prev)
+        z = d / np.maximum(s, np.maximum(REL_STD_FLOOR * np.abs(mean_prev), cfg.std_floor))
+
+        hot = np.abs(z) >= cfg.z_threshold
+        if cfg.hard_low > -math.inf or cfg.hard_high < math.inf:
+            hot |= (x < cfg.hard_low) | (x > cfg.hard_high)
+        prev = np.empty(count)
+        prev[0] = st.mean if st.last_value is None else st.last_value  # set once n > 0
+        prev[1:] = x[:-1]
+        idx = np.arange(count)
+        last_move = np.maximum.accumulate(
+            np.where(np.abs(x - prev) > cfg.flatline_tolerance, idx, -1)
+        )
+        flat_run = np.where(last_move >= 0, idx - last_move, st.flat_run + idx + 1)
+        hot |= (flat_run >= cfg.flatline_window - 1) & (s > cfg.flat_min_std)
+
+        z_ext = np.concatenate((np.asarray(st.recent_z, dtype=np.float64), z))
+        ac_den = (1.0, -cfg.ac_keep)
+        step1 = z - z_ext[DIFF_LAG - 1 : DIFF_LAG - 1 + count]
+        step_lag = z - z_ext[:count]
+        diff1 = lfilter((cfg.ac_alpha,), ac_den, step1 * step1, zi=(cfg.ac_keep * st.diff1_sq,))[0]
+        diff_lag = lfilter(
+            (cfg.ac_alpha,), ac_den, step_lag * step_lag, zi=(cfg.ac_keep * st.diff_lag_sq,)
+        )[0]
+        # (1 − α)^n before each sample, by the same left-to-right products as the loop.
+        decay = np.full(count + 1, cfg.ac_keep)
+        decay[0] = st.ac_decay
+        np.cumprod(decay, out=decay)
+        decay[decay < DECAY_FLUSH] = 0.0
+        if st.ac_n >= cfg.ac_n_eff:
+            margin: FloatArray | float = cfg.ac_margin
+        else:
+            margin = 2.0 * np.sqrt(2.0 / np.minimum(st.ac_n + idx, cfg.ac_n_eff))
+        zs = z * _drift_scales(
+            _previous(st.diff1_sq, diff1),
+            _previous(st.diff_lag_sq, diff_lag),
+            1.0 - decay[:count],
+            margin,
+        )
+        if cfg.drift_method == "ewma":
+            ewma = lfilter(
+                (cfg.ewma_smoothing,), (1.0, -cfg.ewma_keep), zs, zi=(cfg.ewma_keep * st.ewma_z,)
+            )[0]
+            hot |= np.abs(ewma) >= cfg.ewma_limit_z
+        else:
+            # Lindley: S_t = max(0, S_{t-1} + y_t) equals C_t − min(0, min_{j≤t} C_j) with
+            # C the cumulative sum of y started at S_0.
+            up = _cusum(st.cusum_pos, zs - cfg.cusum_k)
+            down = _cusum(st.cusum_neg, -zs - cfg.cusum_k)
+            limit = cfg.cusum_h - CUSUM_HANDOFF_MARGIN
+            hot |= (up >= limit) | (down >= limit)
+
+        first = int(np.argmax(hot)) if hot.any() else count
+        if first:
+            j = first - 1
+            st.mean, st.var, st.n = float(mean[j]), float(var[j]), st.n + first
+            st.z, st.last_value, st.last_ts = float(z[j]), float(x[j]), int(ts[i + j])
+            st.flat_run = int(flat_run[j])
+            st.diff1_sq, st.diff_lag_sq = float(diff1[j]), float(diff_lag[j])
+            st.ac_n += first
+            st.ac_decay = float(decay[first])
+            st.recent_z = z_ext[first : first + DIFF_LAG].tolist()
+            if cfg.drift_method == "ewma":
+                st.ewma_z = float(ewma[j])
+            else:
+                st.cusum_pos, st.cusum_pos_len = (
+                    float(up[j]),
+                    _positive_run(up, j, st.cusum_pos_len),
+                )
+                st.cusum_neg, st.cusum_neg_len = (
+                    float(down[j]),
+                    _positive_run(down, j, st.cusum_neg_len),
+                )
+        return i + first
+
+    def _open(
+        self, kind: str, t: int, x: float, z: float, s_eff: float, shift: float, out: list[Emitted]
+    ) -> None:
+        cfg, st = self.cfg, self.state
+        metric = self.key.metric
+        features = {
+            f"{metric}_z": st.z,
+            f"{metric}_value": x,
+            f"{metric}_baseline_mean": st.mean,
+            f"{metric}_baseline_std": math.sqrt(st.var),
+        }
+        if kind == SPIKE:
+            ratio = abs(z) / cfg.z_threshold
+        elif kind == DRIFT:
+            ratio = abs(shift) / DRIFT_REFERENCE_SHIFT
+            features[f"{metric}_shift_sigma"] = shift
+        elif kind == FLATLINE:
+            ratio = 1.0
+            features[f"{metric}_flat_samples"] = float(st.flat_run + 1)
+        else:
+            limit = cfg.hard_low if x < cfg.hard_low else cfg.hard_high
+            features[f"{metric}_hard_limit"] = limit
+            ratio = abs(x - limit) / s_eff if s_eff > 0.0 else 0.0
+        outside_normal = not cfg.normal_low <= x <= cfg.normal_high
+        assessment = ANOMALY_KINDS[kind].assess(ratio, outside_normal)
+        anomaly_id = self.ids.new("ano")
+        record = self._record(anomaly_id, t, kind, assessment.score, assessment.severity, features)
+        record["status"] = "open"
+        record["recommended_next"] = assessment.recommended_next
+        out.append((t, record))
+        st.excursion = Excursion(
+            anomaly_id=anomaly_id,
+            kind=kind,
+            score=assessment.score,
+            severity=assessment.severity,
+            start_ts=t,
+            clear_stat=shift,
+            peak_abs_z=abs(st.z),
+        )
+        st.excursion.add(x)
+        st.cusum_pos = st.cusum_neg = st.ewma_z = 0.0
+        st.cusum_pos_len = st.cusum_neg_len = 0
+        st.recent_z = []  # lagged differences must not span the excursion
+
+    def _continue(
+        self,
+        t: int,
+        x: float,
+        z: float,
+        s: float,
+        s_eff: float,
+        oor: bool,
+        moving: bool,
+        out: list[Emitted],
+    ) -> None:
+        cfg, st = self.cfg, self.state
+        ex = st.excursion
+        if ex is None:  # pragma: no cover - only called with an open excursion
+            return
+        ex.samples += 1
+        ex.add(x)
+        ex.peak_abs_z = max(ex.peak_abs_z, abs(st.z))
+        # A better explanation replaces the open anomaly: a hard-limit breach anything softer,
+        # a stuck sensor a spike or drift (a sensor stuck off the mean looks like a shift
+        # before the flatline window is full).
+        if oor and ex.kind != OUT_OF_RANGE:
+            self._resolve(t, x, "superseded", out)
+            self._open(OUT_OF_RANGE, t, x, z, s_eff, 0.0, out)
+            return
+        if (
+            ex.kind in (SPIKE, DRIFT)
+            and st.flat_run >= cfg.flatline_window - 1
+            and s > cfg.flat_min_std
+        ):
+            self._resolve(t, x, "superseded", out)
+            self._open(FLATLINE, t, x, z, s_eff, 0.0, out)
+            return
+        if ex.kind == SPIKE:
+            calm = abs(z) < cfg.z_clear
+        elif ex.kind == OUT_OF_RANGE:
+            calm = not oor and (st.n < cfg.warmup_samples or abs(z) < cfg.z_clear)
+        elif ex.kind == DRIFT:
+            ex.clear_stat = cfg.clear_keep * ex.clear_stat + cfg.clear_lambda * z
+            calm = abs(ex.clear_stat) < DRIFT_CLEAR_SHIFT
+        else:
+            calm = moving
+        ex.calm = ex.calm + 1 if calm else 0
+        if ex.calm >= cfg.clear_samples and not ex.tracking:
+            self._resolve(t, x, "returned_to_baseline", out)
+        elif ex.win_n >= cfg.relearn_after_samples and ex.kind != FLATLINE and not oor:
+            self._relearn(t, x, out)
+
+    def _relearn(self, t: int, x: float, out: list[Emitted]) -> None:
+        """An excursion outlasted the re-learn window. If its level settled, that level is
+        the new normal (learn it, resolve); if it is still drifting, follow the trend and
+        keep the one anomaly open (never while a hard limit is breached, nor for a stuck
+        sensor: the caller checks)."""
+        st = self.state
+        ex = st.excursion
+        if ex is None:  # pragma: no cover - only called with an open excursion
+            return
+        slope = ex.win_c_kx / ex.win_m2_k if ex.win_m2_k > 0.0 else 0.0
+        sigma = max(math.sqrt(st.var), self.cfg.std_floor)
+        last_k = ex.win_n - 1.0
+        if abs(slope) * last_k < DRIFT_SETTLED_CHANGE * sigma:
+            st.mean = ex.win_mean_x
+            # σ keeps at least its old value: a short, quiet window must not shrink it to 0.
+            residual = max(ex.win_m2_x - slope * ex.win_c_kx, 0.0) / ex.win_n
+            st.var = max(st.var, residual)
+            self._resolve(t, x, "rebaselined", out)
+        else:
+            st.mean = ex.win_mean_x + slope * (last_k - ex.win_mean_k)
+            ex.tracking = True
+            ex.calm = 0
+            ex.restart_window()
+
+    def _resolve(self, t: int, x: float, resolution: str, out: list[Emitted]) -> None:
+        st = self.state
+        ex = st.excursion
+        if ex is None:  # pragma: no cover - only called with an open excursion
+            return
+        metric = self.key.metric
+        features = {
+            f"{metric}_z": st.z,
+            f"{metric}_value": x,
+            f"{metric}_peak_abs_z": ex.peak_abs_z,
+            f"{metric}_duration_samples": float(ex.samples),
+            f"{metric}_duration_s": (t - ex.start_ts) / 1_000_000,
+        }
+        record = self._record(self.ids.new("ano"), t, ex.kind, ex.score, ex.severity, features)
+        record.update(
+            status="resolved",
+            resolves=ex.anomaly_id,
+            resolution=resolution,
+            recommended_next="none",
+        )
+        out.append((t, record))
+        st.excursion = None
+
+    def _record(
+        self,
+        anomaly_id: str,
+        t: int,
+        kind: str,
+        score: float,
+        severity: str,
+        features: dict[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "anomaly_id": anomaly_id,
+            "twin_id": self.key.twin_id,
+            "asset_id": self.key.asset_id,
+            "metric": self.key.metric,
+            "ts": rfc3339(from_micros(t)),
+            "kind": kind,
+            "score": score,
+            "severity": severity,
+            "features": features,
+        }
+
+    def snapshot(self) -> BaselineSnapshot:
+        st = self.state
+        has = st.n > 0
+        return BaselineSnapshot(
+            samples=st.n,
+            mean=st.mean if has else None,
+            std=math.sqrt(st.var) if has else None,
+            z=st.z if has else None,
+            last_value=st.last_value,
+            last_ts=None if st.last_ts is None else from_micros(st.last_ts),
+            warmed_up=st.n >= self.cfg.warmup_samples,
+            open_anomaly_id=st.excursion.anomaly_id if st.excursion else None,
+            open_kind=st.excursion.kind if st.excursion else None,
+        )
+
+
+def _drift_scale(diff1_sq: float, diff_lag_sq: float, debias: float, margin: float) -> float:
+    """1/sqrt(I) from the difference EWMAs (before bias correction) after at least one update;
+    ``margin`` is two standard errors of 1 − E[d²]/2 on white noise, 2·sqrt(2/n_eff)."""
+    rho = 1.0 - diff1_sq / debias / 2.0 - margin
+    rho = 0.0 if rho < 0.0 else CORRELATION_MAX if rho > CORRELATION_MAX else rho
+    share = 1.0 - diff_lag_sq / debias / 2.0 - margin
+    share = 0.0 if share < 0.0 else CORRELATION_MAX if share > CORRELATION_MAX else share
+    phi = (1.0 - DRIFT_HORIZON_LAMBDA) * rho
+    short_memory = (1.0 + phi) / (1.0 - phi)
+    slow = 1.0 + share * SLOW_GAIN
+    return 1.0 / math.sqrt(short_memory if short_memory > slow else slow)
+
+
+def _drift_scales(
+    diff1_sq: FloatArray, diff_lag_sq: FloatArray, debias: FloatArray, margin: FloatArray | float
+) -> FloatArray:
+    """:func:`_drift_scale` elementwise, same operations; 1 where nothing was learnt yet."""
+    learnt = debias > 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):  # only where nothing was learnt
+        rho = np.clip(1.0 - diff1_sq / debias / 2.0 - margin, 0.0, CORRELATION_MAX)
+        share = np.clip(1.0 - diff_lag_sq / debias / 2.0 - margin, 0.0, CORRELATION_MAX)
+    phi = (1.0 - DRIFT_HORIZON_LAMBDA) * rho
+    scale = 1.0 / np.sqrt(np.maximum((1.0 + phi) / (1.0 - phi), 1.0 + share * SLOW_GAIN))
+    result: FloatArray = np.where(learnt, scale, 1.0)
+    return result
+
+
+def _previous(first: float, values: FloatArray) -> FloatArray:
+    """``values`` shifted one sample later, ``first`` in front: the state before each sample."""
+    out = np.empty(len(values))
+    out[0] = first
+    out[1:] = values[:-1]
+    return out
+
+
+def _cusum(start: float, steps: FloatArray) -> FloatArray:
+    total: FloatArray = start + np.cumsum(steps)
+    result: FloatArray = total - np.minimum(np.minimum.accumulate(total), 0.0)
+    return result
+
+
+def _positive_run(stat: FloatArray, j: int, before: int) -> int:
+    """Samples since ``stat`` was last 0, at index ``j`` (``before``: the run into the chunk)."""
+    zeros = np.flatnonzero(stat[: j + 1] <= 0.0)
+    return int(j - zeros[-1]) if zeros.size else before + j + 1

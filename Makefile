@@ -4,20 +4,22 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Extras installed into the project's virtualenv; `make test` needs `dev` (which pulls `postgres`).
-EXTRAS ?= dev
+# What each purpose installs into the project's virtualenv (pyproject.toml extras).
+RUN_EXTRAS  := postgres
+TEST_EXTRAS := dev,quantum
 
-.PHONY: install demo serve test lint format bench clean
+.PHONY: install install-dev demo serve test lint format bench clean
 
-# Idempotent: creates the virtualenv once, reinstalls only when pyproject.toml changed.
-install: $(VENV)/.installed-$(EXTRAS)
+# Idempotent: the virtualenv is created once; each extras set is (re)installed only when
+# pyproject.toml changed since it was last installed.
+install: $(VENV)/.installed-$(RUN_EXTRAS)
+install-dev: $(VENV)/.installed-$(TEST_EXTRAS)
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "OpsTwin needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	@rm -f $(VENV)/.installed-*
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
 	@touch $@
 
 demo: install
@@ -26,19 +28,19 @@ demo: install
 serve: install
 	$(BIN)/opstwin serve
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy src
 
-format: install
+format: install-dev
 	$(BIN)/ruff format src tests bench examples
 	$(BIN)/ruff check --fix src tests bench examples
 
 test: lint
 	$(BIN)/python -m pytest
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m bench
 
 clean:

@@ -274,10 +274,11 @@ def demo(
     out.print(f"database   {settings.database_url}")
     out.print(f"keys       (also in {settings.data_dir / DEMO_KEYS_FILE})")
     for role, token in tokens.items():
-        out.print(f"  {role:<11}{token}", highlight=False)
+        out.print(f"  {role:<11}{token}", highlight=False, soft_wrap=True)
     out.print(
         f'try        curl -H "Authorization: Bearer {tokens["viewer"]}" {base}/diff',
         highlight=False,
+        soft_wrap=True,
     )
     out.rule()
     _serve(settings, host, port)

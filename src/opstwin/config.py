@@ -96,7 +96,7 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Port `opstwin serve` listens on.")
     public_url: str | None = Field(
         default=None,
-        description="Base URL clients use (manifest links); unset: taken from each request.",
+        description="Base URL for absolute links in the manifest; unset: links are root-relative (resolve them against the manifest URL).",
     )
 
 

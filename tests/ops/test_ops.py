@@ -32,3 +32,13 @@ async def test_metrics_count_requests_by_route_template(
     assert 'opstwin_http_requests_total{method="GET",route="/diff",status="400"} 1.0' in text
     assert "opstwin_changelog_head" in text
     assert "opstwin_feed_subscribers" in text
+
+
+async def test_snapshot_reads_agree_while_a_writer_commits(services: Services) -> None:
+    async with services.db.snapshot() as conn:
+        before = await services.changelog.marks(conn)
+        await append(services, [ext_event(1)])  # commits in another connection meanwhile
+        after = await services.changelog.marks(conn)
+    assert before == after
+    async with services.db.snapshot() as conn:
+        assert (await services.changelog.marks(conn)).head == before.head + 1

@@ -132,9 +132,28 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (a consistent snapshot on SQLite)."""
+        """A read transaction. On PostgreSQL each statement sees its own snapshot (READ
+        COMMITTED); use :meth:`snapshot` when several reads must agree (state + cursor)."""
         async with self._read_engine.connect() as conn, conn.begin():
             yield conn
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction in which every statement sees the same committed state.
+
+        SQLite's read transactions are snapshots already; PostgreSQL uses REPEATABLE READ,
+        READ ONLY. For "current state plus the cursor it is consistent with" (list-then-watch).
+        """
+        if self.backend == "sqlite":
+            async with self.read() as conn:
+                yield conn
+            return
+        async with self._read_engine.connect() as conn:
+            conn = await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with conn.begin():
+                yield conn
 
     async def migrate(self) -> None:
         """Apply every pending Alembic migration."""
@@ -142,7 +161,8 @@ class Database:
         def upgrade(sync_conn: Connection) -> None:
             cfg = alembic_config()
             cfg.attributes["connection"] = sync_conn
-            command.upgrade(cfg, "head")
+            # "heads": branches developed in parallel (several heads) upgrade together.
+            command.upgrade(cfg, "heads")
 
         async with self._write_engine.begin() as conn:
             if self.backend == "postgresql" and self.schema_name:
@@ -151,15 +171,15 @@ class Database:
         log.info("database.migrated", backend=self.backend)
 
     async def migration_status(self) -> tuple[str | None, str | None]:
-        """(current revision, head revision) — equal when the schema is up to date."""
+        """(current revisions, code's head revisions), comma-joined; equal when up to date."""
 
-        def current(sync_conn: Connection) -> str | None:
-            return MigrationContext.configure(sync_conn).get_current_revision()
+        def current(sync_conn: Connection) -> tuple[str, ...]:
+            return MigrationContext.configure(sync_conn).get_current_heads()
 
         async with self._read_engine.connect() as conn:
-            rev = await conn.run_sync(current)
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-        return rev, head
+            revs = await conn.run_sync(current)
+        heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+        return (",".join(sorted(revs)) or None), ",".join(sorted(heads))
 
     @property
     def notify_channel(self) -> str:

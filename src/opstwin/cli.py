@@ -21,7 +21,7 @@ from opstwin.config import Settings
 from opstwin.kit.clock import SystemClock
 from opstwin.kit.errors import OpsTwinError
 from opstwin.logging import configure_logging
-from opstwin.policy.principals import DEFAULT_TENANT, ApiKeyService, IssuedKey
+from opstwin.policy.principals import DEFAULT_TENANT, ApiKeyRecord, ApiKeyService, IssuedKey
 from opstwin.policy.rbac import Role
 
 app = typer.Typer(
@@ -136,7 +136,7 @@ def keys_create(
     issued = _run(settings, work)
     record = issued.record
     if as_json:
-        out.print_json(json.dumps(_key_json(issued)))
+        out.print_json(json.dumps({**_key_json(issued.record), "token": issued.token}))
         return
     out.print(
         f"key {record.key_id} ({record.role.value}, tenant {record.tenant_id}) — shown once, store it now:"
@@ -144,16 +144,15 @@ def keys_create(
     out.print(issued.token, highlight=False)
 
 
-def _key_json(issued: IssuedKey) -> dict[str, Any]:
-    r = issued.record
+def _key_json(record: ApiKeyRecord) -> dict[str, Any]:
     return {
-        "key_id": r.key_id,
-        "name": r.name,
-        "tenant_id": r.tenant_id,
-        "role": r.role.value,
-        "created_at": r.created_at.isoformat(),
-        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
-        "token": issued.token,
+        "key_id": record.key_id,
+        "name": record.name,
+        "tenant_id": record.tenant_id,
+        "role": record.role.value,
+        "created_at": record.created_at.isoformat(),
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
     }
 
 
@@ -171,22 +170,7 @@ def keys_list(
 
     records = _run(settings, work)
     if as_json:
-        out.print_json(
-            json.dumps(
-                [
-                    {
-                        "key_id": r.key_id,
-                        "name": r.name,
-                        "tenant_id": r.tenant_id,
-                        "role": r.role.value,
-                        "created_at": r.created_at.isoformat(),
-                        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
-                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-                    }
-                    for r in records
-                ]
-            )
-        )
+        out.print_json(json.dumps([_key_json(r) for r in records]))
         return
     table = Table("key_id", "name", "tenant", "role", "created", "expires", "revoked")
     for r in records:

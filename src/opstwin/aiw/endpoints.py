@@ -78,6 +78,15 @@ async def get_schema(
 
 # -- /diff ---------------------------------------------------------------------------------
 
+# Parameters shared by /diff and /subscribe (one cursor space, one filter language).
+SinceParam = Annotated[
+    str | None, Query(description="Exclusive cursor; absent: oldest retained; `now`: head.")
+]
+TypesParam = Annotated[
+    str | None, Query(description="Comma-separated event types; `prefix.*` allowed.")
+]
+TwinParam = Annotated[str | None, Query(description="Only changes of this twin.")]
+
 
 class DiffPage(BaseModel):
     """A page of the change feed (documentation model; the body is streamed as JSON)."""
@@ -122,16 +131,12 @@ def _bounded(name: str, value: float | None, maximum: float) -> None:
 async def get_diff(
     services: ServicesDep,
     principal: Viewer,
-    since: Annotated[
-        str | None, Query(description="Exclusive cursor; absent: oldest retained; `now`: head.")
-    ] = None,
+    since: SinceParam = None,
     limit: Annotated[
         int | None, Query(ge=1, description="Page size (default and maximum in the manifest).")
     ] = None,
-    types: Annotated[
-        str | None, Query(description="Comma-separated event types; `prefix.*` allowed.")
-    ] = None,
-    twin_id: Annotated[str | None, Query(description="Only changes of this twin.")] = None,
+    types: TypesParam = None,
+    twin_id: TwinParam = None,
     wait: Annotated[
         float, Query(ge=0, description="Long-poll: seconds to wait for a change.")
     ] = 0.0,
@@ -191,13 +196,9 @@ async def get_diff(
 async def subscribe(
     services: ServicesDep,
     principal: Subscriber,
-    since: Annotated[
-        str | None, Query(description="Exclusive cursor; absent: oldest retained; `now`: head.")
-    ] = None,
-    types: Annotated[
-        str | None, Query(description="Comma-separated event types; `prefix.*` allowed.")
-    ] = None,
-    twin_id: Annotated[str | None, Query(description="Only changes of this twin.")] = None,
+    since: SinceParam = None,
+    types: TypesParam = None,
+    twin_id: TwinParam = None,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="Resume point; overrides `since`.")
     ] = None,

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 import uvicorn
 from rich.console import Console
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from opstwin import __version__
 from opstwin.config import Settings
+from opstwin.kit import jsonutil
 from opstwin.kit.clock import SystemClock
 from opstwin.kit.errors import OpsTwinError
 from opstwin.logging import configure_logging
@@ -214,6 +216,62 @@ def changelog_rotate_epoch() -> None:
         return await changelog.rotate_epoch()
 
     out.print(f"new epoch {_run(settings, work)}: cursors issued before it now answer 410")
+
+
+@app.command()
+def tail(
+    key: Annotated[str, typer.Option(envvar="OPSTWIN_KEY", help="API key (viewer or above).")],
+    url: Annotated[
+        str, typer.Option(envvar="OPSTWIN_URL", help="Base URL of the server.")
+    ] = "http://127.0.0.1:8000",
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Cursor to start after; `now` for new changes only (default: oldest retained)."
+        ),
+    ] = None,
+    types: Annotated[
+        str | None, typer.Option(help="Comma-separated event types; `prefix.*` allowed.")
+    ] = None,
+    twin: Annotated[str | None, typer.Option(help="Only changes of this twin.")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each event's raw JSON (one per line).")
+    ] = False,
+) -> None:
+    """Follow the change feed (/subscribe), one readable line per event; resumes after disconnects."""
+    configure_logging(Settings())
+    from opstwin.aiw.client import StreamFailed, follow
+
+    async def main() -> None:
+        seen = 0
+        async with httpx.AsyncClient(base_url=url) as client:
+            async for frame in follow(client, token=key, since=since, types=types, twin_id=twin):
+                if as_json:
+                    out.print(frame.data, highlight=False, soft_wrap=True)
+                else:
+                    event = frame.json()
+                    summary = jsonutil.dumps_str(event.get("data"))
+                    if len(summary) > 100:
+                        summary = summary[:99] + "…"
+                    out.print(
+                        f"{event.get('time', '')[:23]:<23} {int(event['sequence']):>8} "
+                        f"{event['type']:<32} {event.get('subject', ''):<36} {summary}",
+                        highlight=False,
+                        soft_wrap=True,
+                        markup=False,
+                    )
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    try:
+        asyncio.run(main())
+    except StreamFailed as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        return
 
 
 DEMO_KEYS_FILE = "demo-keys.json"

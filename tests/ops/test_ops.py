@@ -16,7 +16,8 @@ async def test_health_and_ready(client: httpx.AsyncClient, services: Services) -
     await services.feed.catch_up()
     ready = (await client.get("/ready")).json()
     assert ready["status"] == "ready"
-    assert ready["migration"] == "0001"
+    _current, code_heads = await services.db.migration_status()
+    assert ready["migration"] == code_heads
     assert ready["head"] == 1
 
 

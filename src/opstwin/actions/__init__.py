@@ -1,0 +1,1 @@
+"""Proposals and actions: the approval workflow (later: actuators, verification, rollback)."""

@@ -18,12 +18,17 @@ from opstwin import __version__
 from opstwin.aiw import endpoints as aiw_endpoints
 from opstwin.aiw.manifest import ResourceType
 from opstwin.config import Settings
+from opstwin.dashboard.endpoints import mount_dashboard
 from opstwin.kit.clock import Clock, SystemClock
 from opstwin.kit.errors import OpsTwinError
 from opstwin.kit.ids import IdSource, UlidSource
 from opstwin.ops import endpoints as ops_endpoints
 from opstwin.policy import endpoints as policy_endpoints
 from opstwin.services import Services, build_services
+from opstwin.simulation import endpoints as simulation_endpoints
+from opstwin.telemetry import endpoints as telemetry_endpoints
+from opstwin.telemetry import source_endpoints as telemetry_source_endpoints
+from opstwin.twins import endpoints as twins_endpoints
 from opstwin.web import (
     RequestMetricsMiddleware,
     handle_http_exception,
@@ -71,6 +76,11 @@ def create_app(
             await services.db.migrate()
         await services.changelog.load()
         await services.feed.start()
+        await services.simulation.start()
+        if services.detection is not None:
+            await services.detection.start()
+        if services.mqtt is not None:
+            await services.mqtt.start()
         maintenance = asyncio.create_task(_maintenance(services), name="opstwin-maintenance")
         # Everything built so far (app, routes, schemas, engines) lives as long as the process:
         # move it out of the collector's reach so full collections stay short (tail latency).
@@ -83,6 +93,11 @@ def create_app(
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+            if services.mqtt is not None:
+                await services.mqtt.stop()
+            if services.detection is not None:
+                await services.detection.stop()
+            await services.simulation.stop()
             await services.feed.stop()
             await services.db.dispose()
             log.info("opstwin.stopped")
@@ -100,9 +115,18 @@ def create_app(
     app.add_exception_handler(Exception, handle_unexpected)
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
 
-    app.state.api_routers = [aiw_endpoints.router, policy_endpoints.router, ops_endpoints.router]
+    app.state.api_routers = [
+        aiw_endpoints.router,
+        policy_endpoints.router,
+        ops_endpoints.router,
+        twins_endpoints.router,
+        telemetry_endpoints.router,
+        telemetry_source_endpoints.router,
+        simulation_endpoints.router,
+    ]
     for router in app.state.api_routers:
         app.include_router(router)
+    mount_dashboard(app)
 
     services.manifest.add_resource(
         ResourceType(
@@ -111,6 +135,44 @@ def create_app(
             collection="/diff",
             description="Every change, in order: the change log. Caller-defined events use type ext.*.",
             event_types=("ext.*",),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="twin",
+            schema="twin.v1",
+            collection="/twins",
+            description="Twin models with each asset's reported and desired state; GET /twins/{id} returns a snapshot with the cursor it is consistent with.",
+            event_types=("opstwin.twin.updated",),
+            snapshot=True,
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="telemetry",
+            schema="telemetry.v1",
+            # No parameterless collection: points are read per asset (GET /telemetry/query).
+            collection=None,
+            description="Normalised telemetry events, read per asset with GET /telemetry/query?twin_id=&asset_id= (and /telemetry/aggregate); each ingested batch appends one opstwin.telemetry.appended per asset (data: twin_id, asset_id, points).",
+            event_types=("opstwin.telemetry.appended",),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="sim",
+            schema="sim.v1",
+            collection="/sim/runs",
+            description="Simulation runs of POST /sim/run (inline or twin process models): request, status, progress and result; GET /sim/runs/{sim_id} for one.",
+            event_types=("opstwin.sim.queued", "opstwin.sim.completed", "opstwin.sim.failed"),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="anomaly",
+            schema="anomaly.v1",
+            collection="/anomalies",
+            description="Anomalies the streaming detector opened on a (twin, asset, metric) series, with the record that resolved each; the detector consumes opstwin.telemetry.appended from the change log.",
+            event_types=("opstwin.anomaly.detected", "opstwin.anomaly.resolved"),
         )
     )
     return app

@@ -33,6 +33,8 @@ keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
 changelog_app = typer.Typer(help="Change-log maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(changelog_app, name="changelog")
+twins_app = typer.Typer(help="Twin models (twin.v1).", no_args_is_help=True)
+app.add_typer(twins_app, name="twins")
 
 out = Console()
 err = Console(stderr=True)
@@ -274,6 +276,54 @@ def tail(
         return
 
 
+@twins_app.command("load")
+def twins_load(
+    file: Annotated[Path, typer.Argument(help="Twin file (.yaml, .yml or .json).")],
+    tenant: Annotated[str, typer.Option(help="Tenant the twins belong to.")] = DEFAULT_TENANT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate a twin file and store each twin in it (a new version when it changed)."""
+    from opstwin.twins.loader import load_twin_file
+
+    settings = _settings()
+    try:
+        document = load_twin_file(file)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {file}: {exc.strerror}")
+        raise typer.Exit(2) from exc
+    except OpsTwinError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        for field_error in exc.errors:
+            err.print(f"  {field_error.pointer or '/'}: {field_error.detail}", highlight=False)
+        raise typer.Exit(2) from exc
+
+    async def work(db: Any) -> list[tuple[str, int, bool]]:
+        from opstwin.aiw.changelog import ChangeLog
+        from opstwin.aiw.schema_registry import SchemaRegistry
+        from opstwin.kit.ids import UlidSource
+        from opstwin.twins.registry import TwinRegistry
+
+        clock = SystemClock()
+        schemas = SchemaRegistry.from_package()
+        changelog = ChangeLog(db, schemas, clock, UlidSource(clock))
+        await changelog.load()
+        registry = TwinRegistry(changelog, schemas, clock)
+        async with db.write() as tx:
+            before = {t.id: t.version for t in await registry.list(tx.conn, tenant)}
+            stored = await registry.put(tx, tenant, document)
+        return [(t.id, t.version, before.get(t.id) != t.version) for t in stored]
+
+    results = _run(settings, work)
+    if as_json:
+        out.print_json(
+            json.dumps([{"twin_id": t, "version": v, "changed": c} for t, v, c in results])
+        )
+        return
+    for twin_id, version, changed in results:
+        state = "stored" if changed else "unchanged"
+        out.print(f"twin {twin_id} (tenant {tenant}): version {version}, {state}")
+
+
 DEMO_KEYS_FILE = "demo-keys.json"
 
 
@@ -310,6 +360,9 @@ def demo(
     tokens = _demo_keys(settings)
     base = f"http://{host}:{port}"
     out.rule("OpsTwin demo")
+    out.print(
+        f"dashboard  {base}/dashboard#key={tokens['viewer']}", highlight=False, soft_wrap=True
+    )
     out.print(f"API        {base}/docs")
     out.print(f"manifest   {base}/.well-known/aiw-manifest.json")
     out.print(f"feed       {base}/diff   {base}/subscribe")

@@ -100,6 +100,180 @@ class ServerSettings(BaseModel):
     )
 
 
+class SimulationSettings(BaseModel):
+    """`POST /sim/run`: hard limits, the sync/background split and the background workers."""
+
+    max_samples: int = Field(
+        default=1_000_000,
+        ge=100,
+        le=10_000_000,
+        description="Most samples a run may ask for (`samples`, and `max_samples` of adaptive or query runs); above: 422.",
+    )
+    max_expression_chars: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Longest output expression accepted (the engine's own ceiling is 1000).",
+    )
+    max_request_bytes: int = Field(
+        default=262_144, ge=1024, description="Largest `POST /sim/run` body; above: 413."
+    )
+    sync_max_samples: int = Field(
+        default=200_000,
+        ge=100,
+        description="A run that may draw more samples than this runs in the background (202 + status URL); it is also the default `max_samples` of adaptive and query runs.",
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="Wall-time limit of a run answered in the request."
+    )
+    background_timeout_s: float = Field(
+        default=600.0, gt=0, description="Wall-time limit of a background run."
+    )
+    background_concurrency: int = Field(
+        default=2, ge=1, description="Background runs computed at the same time (worker threads)."
+    )
+    max_queued: int = Field(
+        default=100,
+        ge=1,
+        description="Background runs waiting in this process at most; beyond: 503 with Retry-After.",
+    )
+    progress_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often progress and the ownership lease of in-flight runs are written.",
+    )
+    lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An in-flight run whose process stopped renewing its lease this long is recovered: queued runs re-queued, running ones failed as `interrupted`.",
+    )
+    page_size_default: int = Field(
+        default=50, ge=1, description="`GET /sim/runs` page size when `limit` is absent."
+    )
+    page_size_max: int = Field(
+        default=200, ge=1, description="Largest `limit` `GET /sim/runs` accepts."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SimulationSettings:
+        if self.sync_max_samples > self.max_samples:
+            raise ValueError("simulation.sync_max_samples must not exceed simulation.max_samples")
+        if self.lease_s < 3 * self.progress_interval_s:
+            raise ValueError(
+                "simulation.lease_s must be at least 3 × simulation.progress_interval_s "
+                "(a lease is renewed every progress interval)"
+            )
+        if self.page_size_default > self.page_size_max:
+            raise ValueError("simulation.page_size_default must not exceed page_size_max")
+        return self
+
+
+class DetectionSettings(BaseModel):
+    """The anomaly detector, a consumer of the change log."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the anomaly detector over ingested telemetry (in this process).",
+    )
+    page_size: int = Field(
+        default=500,
+        ge=1,
+        description="Change-log entries the detector handles per transaction (anomalies, state and its cursor commit together).",
+    )
+
+
+class MqttSettings(BaseModel):
+    """The MQTT telemetry source (started only when `url` is set)."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^mqtt://",
+        description="Broker to subscribe to, `mqtt://[user:password@]host[:port]`; unset: no MQTT source.",
+    )
+    topic_filter: str = Field(
+        default="opstwin/+/+/telemetry",
+        min_length=1,
+        description="Subscription; topics are read as `<prefix>/<twin_id>/<asset_id>/<suffix>` (levels 2 and 3).",
+    )
+    tenant_id: str = Field(
+        default="default", min_length=1, description="Tenant that MQTT telemetry belongs to."
+    )
+    client_id: str = Field(
+        default="opstwin-ingest",
+        min_length=1,
+        max_length=64,
+        description="MQTT client id; the session is persistent, so the broker keeps QoS 1 messages for it while the server is down.",
+    )
+    batch_size: int = Field(
+        default=500, ge=1, description="Messages committed (then acknowledged) together at most."
+    )
+    batch_max_delay_s: float = Field(
+        default=0.05, gt=0, description="Longest a received message waits for its batch to fill."
+    )
+    batch_idle_s: float = Field(
+        default=0.002,
+        gt=0,
+        description="A batch is committed early when no message arrived for this long (the broker stops sending at its in-flight window until we acknowledge).",
+    )
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First pause before reconnecting after the broker went away."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest pause between reconnection attempts (doubling from the minimum).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered_backoff(self) -> MqttSettings:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("mqtt.reconnect_min_s must not exceed mqtt.reconnect_max_s")
+        return self
+
+
+class TelemetrySettings(BaseModel):
+    """Telemetry ingest (`POST /telemetry/ingest`, the EventNormalizer) and time-series queries."""
+
+    max_body_bytes: int = Field(
+        default=16_777_216,
+        ge=1024,
+        description="Largest `POST /telemetry/ingest` body; above: 413.",
+    )
+    max_batch_events: int = Field(
+        default=10_000, ge=1, description="Most events one ingest request may carry; above: 413."
+    )
+    max_clock_skew_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="An event stamped further than this in the future lowers its quality score (clock skew).",
+    )
+    stale_after_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="An event older than this when received lowers its quality score (stale data).",
+    )
+    query_limit_default: int = Field(
+        default=1000, ge=1, description="`GET /telemetry/query` page size when `limit` is absent."
+    )
+    query_limit_max: int = Field(
+        default=10_000, ge=1, description="Largest `limit` `GET /telemetry/query` accepts."
+    )
+    aggregate_max_buckets: int = Field(
+        default=10_000, ge=1, description="Most buckets one `GET /telemetry/aggregate` may span."
+    )
+    aggregate_max_points: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="Most points `stddev` and percentile aggregates read into memory; above: 422.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TelemetrySettings:
+        if self.query_limit_default > self.query_limit_max:
+            raise ValueError("telemetry.query_limit_default must not exceed query_limit_max")
+        return self
+
+
 class Settings(BaseSettings):
     """Root settings object; built once by the CLI or a test and passed into ``create_app``."""
 
@@ -127,6 +301,10 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    simulation: SimulationSettings = Field(default_factory=SimulationSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

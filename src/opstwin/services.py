@@ -15,9 +15,16 @@ from opstwin.kit.idempotency import IdempotencyStore
 from opstwin.kit.ids import IdSource
 from opstwin.ops.metrics import Metrics
 from opstwin.policy.principals import ApiKeyService
+from opstwin.telemetry.ingest import TelemetryIngestor
+from opstwin.telemetry.query import TelemetryQueries
+from opstwin.twins.registry import TwinRegistry
 
 if TYPE_CHECKING:
+    from opstwin.aiw.consumers import LogConsumer
     from opstwin.aiw.manifest import ManifestBuilder
+    from opstwin.simulation.service import SimulationService
+    from opstwin.telemetry.detection import AnomalyDetection
+    from opstwin.telemetry.mqtt import MQTTSensorAdapter
 
 
 @dataclass(slots=True)
@@ -35,6 +42,19 @@ class Services:
     keys: ApiKeyService
     idempotency: IdempotencyStore
     manifest: ManifestBuilder
+    #: POST /sim/run: runs, their storage and the background workers (one HybridCoupler).
+    simulation: SimulationService
+    #: Twin models per tenant (versioned); reported state lives in opstwin.twins.state.
+    twins: TwinRegistry
+    #: Telemetry ingest (normalise, dedupe, store, log); HTTP and MQTT both call it.
+    ingestor: TelemetryIngestor
+    #: GET /telemetry/query and /telemetry/aggregate.
+    telemetry_queries: TelemetryQueries
+    #: The anomaly detector (a change-log consumer); None when detection is disabled.
+    detection: LogConsumer | None = None
+    anomaly_detection: AnomalyDetection | None = None
+    #: The MQTT telemetry source; None unless OPSTWIN_MQTT_URL is set.
+    mqtt: MQTTSensorAdapter | None = None
 
 
 def build_services(settings: Settings, clock: Clock, ids: IdSource) -> Services:
@@ -51,7 +71,9 @@ def build_services(settings: Settings, clock: Clock, ids: IdSource) -> Services:
     metrics = Metrics()
     schemas = SchemaRegistry.from_package()
     changelog = ChangeLog(db, schemas, clock, ids)
-    return Services(
+    twins = TwinRegistry(changelog, schemas, clock)
+    detection, anomaly_detection = _detection(settings, db, changelog, schemas, clock, ids, twins)
+    services = Services(
         settings=settings,
         clock=clock,
         ids=ids,
@@ -63,4 +85,74 @@ def build_services(settings: Settings, clock: Clock, ids: IdSource) -> Services:
         keys=ApiKeyService(db, clock),
         idempotency=IdempotencyStore(clock),
         manifest=ManifestBuilder(settings, schemas),
+        simulation=_simulation(settings, db, changelog, schemas, clock, ids, twins),
+        twins=twins,
+        ingestor=TelemetryIngestor(twins, changelog, clock, ids, settings.telemetry),
+        telemetry_queries=TelemetryQueries(twins, settings.telemetry),
+        detection=detection,
+        anomaly_detection=anomaly_detection,
+    )
+    if settings.mqtt.url is not None:
+        from opstwin.telemetry.mqtt import MQTTSensorAdapter
+
+        services.mqtt = MQTTSensorAdapter(
+            settings.mqtt, db=db, ingestor=services.ingestor, clock=clock
+        )
+    return services
+
+
+def _detection(
+    settings: Settings,
+    db: Database,
+    changelog: ChangeLog,
+    schemas: SchemaRegistry,
+    clock: Clock,
+    ids: IdSource,
+    twins: TwinRegistry,
+) -> tuple[LogConsumer | None, AnomalyDetection | None]:
+    if not settings.detection.enabled:
+        return None, None
+    from opstwin.aiw.consumers import ConsumerSettings
+    from opstwin.telemetry.detection import RegistryModels, detection_consumer
+
+    return detection_consumer(
+        db=db,
+        changelog=changelog,
+        schemas=schemas,
+        clock=clock,
+        ids=ids,
+        models=RegistryModels(twins),
+        settings=ConsumerSettings(
+            page_size=settings.detection.page_size,
+            poll_interval_s=settings.feed.poll_interval_s,
+        ),
+    )
+
+
+def _simulation(
+    settings: Settings,
+    db: Database,
+    changelog: ChangeLog,
+    schemas: SchemaRegistry,
+    clock: Clock,
+    ids: IdSource,
+    twins: TwinRegistry,
+) -> SimulationService:
+    """One HybridCoupler per app (its quantum backend imports qiskit and times circuits once)."""
+    from opstwin.simulation import HybridCoupler
+    from opstwin.simulation.quantum import StatevectorAmplitudeEstimator
+    from opstwin.simulation.service import SimulationService, TwinModelSource
+
+    quantum = StatevectorAmplitudeEstimator()
+    return SimulationService(
+        settings=settings.simulation,
+        db=db,
+        changelog=changelog,
+        schemas=schemas,
+        idempotency=IdempotencyStore(clock),
+        clock=clock,
+        ids=ids,
+        coupler=HybridCoupler(quantum=quantum),
+        quantum=quantum,
+        models=TwinModelSource(twins),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -158,7 +159,13 @@ async def test_slow_subscriber_is_disconnected_while_a_fast_one_keeps_receiving(
     token = keys.by_role[Role.viewer].token
     host, port = live_server.url.removeprefix("http://").split(":")
     # The slow subscriber: sends its request, then never reads (its socket buffers fill up).
-    reader, writer = await asyncio.open_connection(host, int(port))
+    # A small receive buffer (set before connecting, so the window stays small): the kernel can't
+    # absorb the stream on the slow side, and the server's buffer for it must fill up.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
     try:
         await _slow_and_fast(reader, writer, host, token, live_server, services)
     finally:

@@ -45,6 +45,21 @@ def _event() -> dict[str, object]:
     }
 
 
+def _sim_run() -> dict[str, object]:
+    return {
+        "model": {"inputs": {"x": {"dist": "uniform", "low": 0, "high": 1}}, "outputs": {"y": "x"}},
+        "samples": 100,
+        "seed": next(counter),
+    }
+
+
+async def _get_fresh_sim_run(
+    client: httpx.AsyncClient, headers: dict[str, str], _services: Services, keys: Keys
+) -> httpx.Response:
+    created = await client.post("/sim/run", json=_sim_run(), headers=keys.headers(Role.agent))
+    return await client.get(f"/sim/runs/{created.json()['sim_id']}", headers=headers)
+
+
 CASES = [
     Case(
         "GET",
@@ -91,6 +106,95 @@ CASES = [
     ),
     Case("GET", "/keys", Role.admin, 200, lambda c, h, s, k: c.get("/keys", headers=h)),
     Case("DELETE", "/keys/{key_id}", Role.admin, 204, _revoke_fresh),
+    Case(
+        "POST",
+        "/sim/run",
+        Role.agent,
+        201,
+        lambda c, h, s, k: c.post("/sim/run", json=_sim_run(), headers=h),
+    ),
+    Case("GET", "/sim/runs", Role.viewer, 200, lambda c, h, s, k: c.get("/sim/runs", headers=h)),
+    Case("GET", "/sim/runs/{sim_id}", Role.viewer, 200, _get_fresh_sim_run),
+    Case(
+        "GET",
+        "/telemetry/dead-letters",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: c.get("/telemetry/dead-letters", headers=h),
+    ),
+    Case("GET", "/anomalies", Role.viewer, 200, lambda c, h, s, k: c.get("/anomalies", headers=h)),
+]
+
+
+def _twin(twin_id: str) -> dict[str, object]:
+    return {
+        "id": twin_id,
+        "assets": [{"id": "a1", "metrics": {"temp_c": {"unit": "degC"}}}],
+    }
+
+
+async def _with_twin(
+    client: httpx.AsyncClient, headers: dict[str, str], services: Services, path: str
+) -> httpx.Response:
+    async with services.db.write() as tx:
+        await services.twins.put(tx, "default", {"twins": [_twin("rbac_twin")]})
+    return await client.get(path, headers=headers)
+
+
+# Twins and telemetry (issue 3).
+CASES += [
+    Case(
+        "PUT",
+        "/twins/{twin_id}",
+        Role.admin,
+        201,
+        # A fresh id per call (a bare twin takes the path's id): allowed calls create (201).
+        lambda c, h, s, k: c.put(
+            f"/twins/t{next(counter)}", json={"assets": _twin("x")["assets"]}, headers=h
+        ),
+    ),
+    Case("GET", "/twins", Role.viewer, 200, lambda c, h, s, k: c.get("/twins", headers=h)),
+    Case(
+        "GET",
+        "/twins/{twin_id}",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: _with_twin(c, h, s, "/twins/rbac_twin"),
+    ),
+    Case(
+        "GET",
+        "/twins/{twin_id}/assets/{asset_id}",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: _with_twin(c, h, s, "/twins/rbac_twin/assets/a1"),
+    ),
+    Case(
+        "POST",
+        "/telemetry/ingest",
+        Role.agent,
+        200,
+        lambda c, h, s, k: c.post("/telemetry/ingest", json=[], headers=h),
+    ),
+    Case(
+        "GET",
+        "/telemetry/query",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: _with_twin(c, h, s, "/telemetry/query?twin_id=rbac_twin&asset_id=a1"),
+    ),
+    Case(
+        "GET",
+        "/telemetry/aggregate",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: _with_twin(
+            c,
+            h,
+            s,
+            "/telemetry/aggregate?twin_id=rbac_twin&asset_id=a1&bucket=1h"
+            "&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+        ),
+    ),
 ]
 
 ALLOWED: dict[Role, set[Role]] = {  # minimum role → roles that satisfy it

@@ -1,0 +1,1 @@
+"""The human dashboard: a static page that reads the same API agents use."""

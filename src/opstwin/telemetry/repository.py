@@ -1,0 +1,206 @@
+"""All SQL of telemetry storage: series ids, event rows (the dedupe key) and points.
+
+Batches go to the database the fastest way each backend offers, inside the caller's
+transaction:
+
+* **SQLite** (one writer at a time — write transactions hold the lock from ``BEGIN
+  IMMEDIATE``): known event ids are looked up, new events get ``event_no`` values after the
+  current maximum, and events and points are written with one ``executemany`` each.
+* **PostgreSQL**: events go in with one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO
+  NOTHING RETURNING`` (concurrent writers of the same ``event_id`` are resolved by the unique
+  index: the second waits, then skips), points with ``COPY`` (asyncpg
+  ``copy_records_to_table`` on the transaction's own connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from opstwin.kit.db import Transaction
+from opstwin.telemetry.tables import telemetry_events, telemetry_points, telemetry_series
+
+SeriesKey = tuple[str, str, str]  # (twin_id, asset_id, metric)
+#: Rows per IN (...) lookup on SQLite (its bound-parameter limit is 32,766; stay well below).
+_LOOKUP_CHUNK = 900
+_SERIES_CACHE_SIZE = 100_000
+
+_SQLITE_INSERT_EVENTS = (
+    "INSERT INTO telemetry_events (event_no, tenant_id, event_id, twin_id, asset_id, ts_us, "
+    "quality, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_INSERT_POINTS = (
+    "INSERT INTO telemetry_points (series_id, ts_us, event_no, value) VALUES (?, ?, ?, ?)"
+)
+_PG_INSERT_EVENTS = text(
+    "INSERT INTO telemetry_events (tenant_id, event_id, twin_id, asset_id, ts_us, quality, "
+    "received_at_us) "
+    "SELECT :tenant_id, u.event_id, u.twin_id, u.asset_id, u.ts_us, u.quality, :received_at_us "
+    "FROM unnest(CAST(:event_ids AS text[]), CAST(:twin_ids AS text[]), "
+    "CAST(:asset_ids AS text[]), CAST(:ts AS bigint[]), CAST(:quality AS double precision[])) "
+    "AS u(event_id, twin_id, asset_id, ts_us, quality) "
+    "ON CONFLICT (tenant_id, event_id) DO NOTHING "
+    "RETURNING event_no, event_id"
+)
+POINT_COLUMNS = ("series_id", "ts_us", "event_no", "value")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event_id: str
+    twin_id: str
+    asset_id: str
+    ts_us: int
+    quality: float
+
+
+class TelemetryStore:
+    """Writes telemetry; remembers committed series ids (they never change once created)."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, str, str], int] = {}
+
+    async def series_ids(
+        self, tx: Transaction, tenant_id: str, keys: Iterable[SeriesKey]
+    ) -> dict[SeriesKey, int]:
+        """The series id of each (twin, asset, metric), creating the missing ones."""
+        found: dict[SeriesKey, int] = {}
+        unknown: list[SeriesKey] = []
+        for key in keys:
+            series_id = self._series.get((tenant_id, *key))
+            if series_id is None:
+                unknown.append(key)
+            else:
+                found[key] = series_id
+        if not unknown:
+            return found
+        unknown.sort()
+        insert_ = pg_insert if tx.backend == "postgresql" else sqlite_insert
+        await tx.conn.execute(
+            insert_(telemetry_series)
+            .values(
+                [
+                    {"tenant_id": tenant_id, "twin_id": t, "asset_id": a, "metric": m}
+                    for t, a, m in unknown
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+        created: dict[tuple[str, str, str, str], int] = {}
+        for start in range(0, len(unknown), _LOOKUP_CHUNK // 3):
+            chunk = unknown[start : start + _LOOKUP_CHUNK // 3]
+            rows = await tx.conn.execute(
+                select(
+                    telemetry_series.c.series_id,
+                    telemetry_series.c.twin_id,
+                    telemetry_series.c.asset_id,
+                    telemetry_series.c.metric,
+                ).where(
+                    telemetry_series.c.tenant_id == tenant_id,
+                    tuple_(
+                        telemetry_series.c.twin_id,
+                        telemetry_series.c.asset_id,
+                        telemetry_series.c.metric,
+                    ).in_(chunk),
+                )
+            )
+            for row in rows:
+                found[(row.twin_id, row.asset_id, row.metric)] = int(row.series_id)
+                created[(tenant_id, row.twin_id, row.asset_id, row.metric)] = int(row.series_id)
+
+        def remember() -> None:  # only once committed: a rolled-back id must not be reused
+            if len(self._series) + len(created) > _SERIES_CACHE_SIZE:
+                self._series.clear()
+            self._series.update(created)
+
+        tx.after_commit(remember)
+        return found
+
+    async def insert_events(
+        self, tx: Transaction, tenant_id: str, rows: Sequence[EventRow], received_at_us: int
+    ) -> dict[str, int]:
+        """Store the events not stored yet; returns ``event_id → event_no`` of those it stored.
+
+        ``rows`` must not repeat an ``event_id`` (the caller keeps the first of a batch).
+        """
+        if not rows:
+            return {}
+        if tx.backend == "postgresql":
+            # Key order: concurrent batches that share event ids lock them in the same order.
+            rows = sorted(rows, key=lambda r: r.event_id)
+            result = await tx.conn.execute(
+                _PG_INSERT_EVENTS,
+                {
+                    "tenant_id": tenant_id,
+                    "received_at_us": received_at_us,
+                    "event_ids": [r.event_id for r in rows],
+                    "twin_ids": [r.twin_id for r in rows],
+                    "asset_ids": [r.asset_id for r in rows],
+                    "ts": [r.ts_us for r in rows],
+                    "quality": [r.quality for r in rows],
+                },
+            )
+            return {event_id: int(event_no) for event_no, event_id in result.all()}
+
+        existing: set[str] = set()
+        ids = [r.event_id for r in rows]
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            existing.update(
+                (
+                    await tx.conn.execute(
+                        select(telemetry_events.c.event_id).where(
+                            telemetry_events.c.tenant_id == tenant_id,
+                            telemetry_events.c.event_id.in_(ids[start : start + _LOOKUP_CHUNK]),
+                        )
+                    )
+                ).scalars()
+            )
+        fresh = [r for r in rows if r.event_id not in existing]
+        if not fresh:
+            return {}
+        # Safe without a sequence: SQLite write transactions are exclusive (BEGIN IMMEDIATE).
+        base = int(
+            (
+                await tx.conn.execute(
+                    select(func.coalesce(func.max(telemetry_events.c.event_no), 0))
+                )
+            ).scalar_one()
+        )
+        await tx.conn.exec_driver_sql(
+            _SQLITE_INSERT_EVENTS,
+            [
+                (
+                    base + i,
+                    tenant_id,
+                    r.event_id,
+                    r.twin_id,
+                    r.asset_id,
+                    r.ts_us,
+                    r.quality,
+                    received_at_us,
+                )
+                for i, r in enumerate(fresh, start=1)
+            ],
+        )
+        return {r.event_id: base + i for i, r in enumerate(fresh, start=1)}
+
+    async def insert_points(
+        self, tx: Transaction, points: Sequence[tuple[int, int, int, float]]
+    ) -> None:
+        """Store ``(series_id, ts_us, event_no, value)`` rows."""
+        if not points:
+            return
+        if tx.backend == "postgresql":
+            raw = await tx.conn.get_raw_connection()
+            driver = raw.driver_connection
+            if driver is None:  # pragma: no cover - a pooled connection always has one
+                raise RuntimeError("no asyncpg connection behind the transaction")
+            await driver.copy_records_to_table(
+                telemetry_points.name, records=points, columns=POINT_COLUMNS
+            )
+            return
+        await tx.conn.exec_driver_sql(_SQLITE_INSERT_POINTS, list(points))

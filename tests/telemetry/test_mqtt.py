@@ -1,0 +1,227 @@
+"""MQTT source against the real Mosquitto on localhost:1883: flat and telemetry.v1 payloads
+become rows and change-log entries; malformed ones dead letters; at-least-once across a
+restart of the app, with duplicates stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+from sqlalchemy import func, select
+from tests.conftest import Keys, require_service
+
+from opstwin.app import create_app
+from opstwin.config import MqttSettings, Settings
+from opstwin.services import Services
+from opstwin.telemetry.dead_letters import dead_letters
+from opstwin.telemetry.mqtt import map_payload
+from opstwin.telemetry.tables import telemetry_events
+from opstwin.twins import load_twin_file
+
+pytestmark = pytest.mark.mqtt
+
+ROOT = Path(__file__).resolve().parents[2]
+TWIN, ASSET = "fab_line_3", "etch_tool_7"
+
+
+@pytest.fixture
+async def mqtt_settings(settings: Settings) -> AsyncIterator[Settings]:
+    """The app's settings with an MQTT source on a topic prefix and session of its own."""
+    require_service("Mosquitto", "127.0.0.1", 1883)
+    token = secrets.token_hex(4)
+    mqtt = MqttSettings(
+        url="mqtt://127.0.0.1:1883",
+        topic_filter=f"t{token}/+/+/telemetry",
+        client_id=f"opstwin-test-{token}",
+        batch_max_delay_s=0.02,
+        reconnect_min_s=0.1,
+        reconnect_max_s=1.0,
+    )
+    yield settings.model_copy(update={"mqtt": mqtt})
+    # Forget the persistent session on the broker.
+    async with aiomqtt.Client("127.0.0.1", 1883, identifier=mqtt.client_id, clean_session=True):
+        pass
+
+
+@pytest.fixture
+async def mqtt_app(mqtt_settings: Settings) -> AsyncIterator[Services]:
+    app = create_app(mqtt_settings)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        await load_model(services)
+        await connected(services)
+        yield services
+
+
+async def load_model(services: Services) -> None:
+    async with services.db.write() as tx:
+        await services.twins.put(tx, "default", load_twin_file(ROOT / "examples" / "fab-line.yaml"))
+
+
+async def connected(services: Services) -> None:
+    assert services.mqtt is not None
+    async with asyncio.timeout(10):
+        await services.mqtt.connected.wait()
+
+
+def topic(settings: Settings, twin: str = TWIN, asset: str = ASSET) -> str:
+    return settings.mqtt.topic_filter.replace("+/+", f"{twin}/{asset}")
+
+
+async def publish(messages: list[tuple[str, bytes]]) -> None:
+    async with aiomqtt.Client("127.0.0.1", 1883) as client:
+        for name, payload in messages:
+            await client.publish(name, payload, qos=1)
+
+
+async def stored_event_ids(services: Services) -> list[str]:
+    async with services.db.read() as conn:
+        rows = await conn.execute(
+            select(telemetry_events.c.event_id).where(telemetry_events.c.tenant_id == "default")
+        )
+        return sorted(rows.scalars().all())
+
+
+async def dead_letter_count(services: Services) -> int:
+    async with services.db.read() as conn:
+        return int(
+            (await conn.execute(select(func.count()).select_from(dead_letters))).scalar_one()
+        )
+
+
+async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float = 15.0) -> None:
+    """Poll an async predicate until it holds (fails the test at the deadline)."""
+    async with asyncio.timeout(deadline_s):
+        while not await condition():
+            await asyncio.sleep(0.02)
+
+
+def test_payload_mappings() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    flat = map_payload("opstwin/a/b/telemetry", b'{"temp": 62.1}', now)
+    assert flat.events == [
+        {"twin_id": "a", "asset_id": "b", "ts": "2026-01-01T12:00:00Z", "metrics": {"temp": 62.1}}
+    ]
+    full = map_payload(
+        "opstwin/a/b/telemetry",
+        b'{"event_id": "e1", "ts": "2026-01-01T00:00:00Z", "metrics": {"x": 1}}',
+        now,
+    )
+    assert full.events[0]["event_id"] == "e1"
+    assert full.events[0]["ts"] == "2026-01-01T00:00:00Z"
+    assert full.events[0]["twin_id"] == "a"
+    for payload, reason in [
+        (b"not json", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b"{}", "empty object"),
+        (b'{"twin_id": "z", "metrics": {"x": 1}}', "differs from the topic"),
+    ]:
+        mapped = map_payload("opstwin/a/b/telemetry", payload, now)
+        assert mapped.reason is not None
+        assert reason in mapped.reason
+    assert map_payload("opstwin", b"{}", now).reason is not None
+
+
+async def test_flat_and_full_payloads_are_stored_and_malformed_ones_dead_lettered(
+    mqtt_app: Services, mqtt_settings: Settings, client: httpx.AsyncClient, keys: Keys, backend: str
+) -> None:
+    services = mqtt_app
+    name = topic(mqtt_settings)
+    full = {"event_id": "mqtt-full-1", "ts": "2026-01-01T00:00:00Z", "metrics": {"temp_c": 60.5}}
+    await publish(
+        [
+            (name, b'{"temp_c": 62.1, "pressure_mtorr": 10.1}'),
+            (name, json.dumps(full).encode()),
+            (name, b"{not json"),
+            (name, b'{"temp_c": "hot"}'),  # the normalizer refuses strings for numbers
+            (topic(mqtt_settings, asset="no_such_tool"), b'{"temp_c": 1.0}'),
+        ]
+    )
+    await until(lambda: _at_least(stored_event_ids(services), 2))
+    await until(lambda: _count_at_least(dead_letter_count(services), 3))
+
+    ids = await stored_event_ids(services)
+    assert "mqtt-full-1" in ids
+    assert len(ids) == 2
+    async with services.db.read() as conn:
+        marks = await services.changelog.marks(conn)
+        page = await services.changelog.read(
+            conn, after=0, upto=marks.head, limit=1000, tenant_id="default"
+        )
+    appended = [json.loads(r.envelope) for r in page.rows if r.type == "opstwin.telemetry.appended"]
+    points = [p for env in appended for p in env["data"]["points"]]
+    assert {p["event_id"] for p in points} == set(ids)
+    assert all(env["subject"] == f"twin/{TWIN}/asset/{ASSET}" for env in appended)
+    flat = next(p for p in points if p["event_id"] != "mqtt-full-1")
+    assert flat["metrics"] == {"temp_c": 62.1, "pressure_mtorr": 10.1}
+
+    response = await client.get("/telemetry/dead-letters", headers=keys.headers("viewer"))
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert len(items) == 3
+    by_excerpt = {i["payload_excerpt"]: i for i in items}
+    assert "not JSON" in by_excerpt["{not json"]["reason"]
+    assert "normalizer" in by_excerpt['{"temp_c": "hot"}']["reason"]
+    assert all(i["topic"].startswith(mqtt_settings.mqtt.topic_filter.split("/")[0]) for i in items)
+    assert all(i["received_at"].endswith("Z") for i in items)
+    other = await client.get("/telemetry/dead-letters", headers=keys.auth(keys.other_viewer))
+    assert other.json()["items"] == []
+
+
+async def test_messages_published_while_down_are_ingested_once_after_restart(
+    mqtt_settings: Settings, backend: str
+) -> None:
+    """The persistent session keeps QoS 1 messages for the stopped app; after restart every
+    one is stored, and a message delivered twice (same event_id) is stored once."""
+    app = create_app(mqtt_settings)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        await load_model(services)
+        await connected(services)  # the session and its subscription exist on the broker
+
+    name = topic(mqtt_settings)
+    count = 300
+    messages = [
+        (
+            name,
+            json.dumps(
+                {
+                    "event_id": f"down-{i:04d}",
+                    "ts": f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+                    "metrics": {"temp_c": 60.0 + (i % 7) * 0.1},
+                }
+            ).encode(),
+        )
+        for i in range(count)
+    ]
+    await publish(messages + messages[:10])  # ten delivered twice
+
+    app = create_app(mqtt_settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        await until(lambda: _at_least(stored_event_ids(services), count))
+        assert services.mqtt is not None
+        await until(lambda: _committed(services, count + 10))
+        ids = await stored_event_ids(services)
+    assert ids == [f"down-{i:04d}" for i in range(count)]
+
+
+async def _at_least(ids: Awaitable[list[str]], n: int) -> bool:
+    return len(await ids) >= n
+
+
+async def _count_at_least(count: Awaitable[int], n: int) -> bool:
+    return await count >= n
+
+
+async def _committed(services: Services, n: int) -> bool:
+    assert services.mqtt is not None
+    return services.mqtt.messages_committed >= n

@@ -20,29 +20,10 @@ from opstwin.policy.decision import (
     ProposedChange,
 )
 from opstwin.policy.policy import Outcome, Policy
-from opstwin.twins.model import SetpointSpec
+from tests.policy.decision_helpers import esc_temp_change, esc_temp_spec
 
-SPEC = SetpointSpec.model_validate(
-    {
-        "unit": "degC",
-        "bounds": {"low": 40.0, "high": 80.0},
-        "max_step": 2.0,
-        "ramp_rate_per_s": 0.5,
-        "actuator": "plant",
-        "default": 60.0,
-    }
-)
-BASE = ProposedChange(
-    proposal_id="prp_1",
-    action_type="setpoint_change",
-    twin_id="fab",
-    asset_id="etch_tool_7",
-    asset_class="plasma_etch_chamber",
-    setpoint="esc_temp_sp",
-    spec=SPEC,
-    value=61.0,
-    current=60.0,
-)
+SPEC = esc_temp_spec(ramp_rate_per_s=0.5)
+BASE = esc_temp_change(SPEC)
 SPLIT = Policy.model_validate({"allow_ramp_split": True, "max_ramp_steps": 5})
 
 

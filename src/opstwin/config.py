@@ -153,6 +153,22 @@ class SimulationSettings(BaseModel):
     page_size_max: int = Field(
         default=200, ge=1, description="Largest `limit` `GET /sim/runs` accepts."
     )
+    empirical_window_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="`inputs_from_telemetry` without a window or count: the asset's points of the last this many seconds.",
+    )
+    empirical_min_points: int = Field(
+        default=30,
+        ge=1,
+        description="Fewest stored points an `empirical` input from telemetry needs; fewer: 422 saying how many were found.",
+    )
+    empirical_max_points: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most recent points an `empirical` input from telemetry reads (and stores in the run's request).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SimulationSettings:

@@ -154,5 +154,5 @@ def _simulation(
         ids=ids,
         coupler=HybridCoupler(quantum=quantum),
         quantum=quantum,
-        models=TwinModelSource(twins),
+        models=TwinModelSource(twins, TelemetryQueries(twins, settings.telemetry)),
     )

@@ -197,6 +197,46 @@ CASES += [
     ),
 ]
 
+
+async def _recommend(
+    client: httpx.AsyncClient, headers: dict[str, str], services: Services, _keys: Keys
+) -> httpx.Response:
+    setpoint = {
+        "unit": "degC",
+        "bounds": {"low": 0.0, "high": 10.0},
+        "max_step": 1.0,
+        "actuator": "simulated_plant",
+        "default": 5.0,
+    }
+    twin = {
+        "id": "rbac_rec",
+        "assets": [{"id": "a1", "setpoints": {"sp": setpoint}}],
+        "process_models": [
+            {
+                "id": "m",
+                "inputs": {"s": {"asset": "a1", "setpoint": "sp"}},
+                "outputs": {"y": {"expression": "s"}},
+            }
+        ],
+    }
+    async with services.db.write() as tx:
+        await services.twins.put(tx, "default", {"twins": [twin]})
+    body = {
+        "twin_id": "rbac_rec",
+        "process_model": "m",
+        "asset_id": "a1",
+        "setpoint": "sp",
+        "candidates": [4.0, 6.0],
+        "objective": {"output": "y"},
+        "samples": 100,
+        "seed": next(counter),
+    }
+    return await client.post("/sim/recommend", json=body, headers=headers)
+
+
+# Setpoint recommendations (issue 4).
+CASES += [Case("POST", "/sim/recommend", Role.agent, 201, _recommend)]
+
 ALLOWED: dict[Role, set[Role]] = {  # minimum role → roles that satisfy it
     Role.viewer: set(Role),
     Role.agent: {Role.agent, Role.executor, Role.supervisor, Role.admin},

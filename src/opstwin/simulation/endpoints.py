@@ -1,4 +1,4 @@
-"""HTTP for simulation: ``POST /sim/run``, ``GET /sim/runs/{sim_id}``, ``GET /sim/runs``."""
+"""HTTP for simulation: ``POST /sim/run``, ``POST /sim/recommend``, ``GET /sim/runs[/{sim_id}]``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from opstwin.kit.idempotency import request_hash
 from opstwin.policy.deps import RequirePermission, Viewer
 from opstwin.policy.principals import Principal
 from opstwin.policy.rbac import Permission
-from opstwin.simulation.schemas import SimRunIn, SimRunOut, SimRunPage
+from opstwin.simulation.schemas import SimRecommendIn, SimRunIn, SimRunOut, SimRunPage
+from opstwin.simulation.service import Reply
 from opstwin.web import ServicesDep, StrictQueryRoute
 
 router = APIRouter(route_class=StrictQueryRoute)
@@ -73,12 +74,59 @@ async def run_simulation(
         idempotency_key=idempotency_key,
         req_hash=request_hash("POST", "/sim/run", raw),
     )
+    return _response(reply)
+
+
+def _response(reply: Reply) -> Response:
     return Response(
         reply.body,
         status_code=reply.status_code,
         media_type=reply.media_type,
         headers=dict(reply.headers),
     )
+
+
+@router.post(
+    "/sim/recommend",
+    summary="Rank candidate setpoint values of a twin's process model by simulation",
+    tags=["simulation"],
+    status_code=201,
+    response_model=None,
+    responses={
+        201: {
+            "model": SimRunOut,
+            "description": "Ranked in the request (sim.v1 with `recommendation`).",
+        },
+        202: {"model": SimRunOut, "description": "Queued: follow `Location` (sim.v1, queued)."},
+    },
+    dependencies=[Depends(_limit_body)],
+)
+async def recommend_setpoint(
+    request: Request,
+    body: SimRecommendIn,
+    services: ServicesDep,
+    principal: Simulator,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+) -> Response:
+    raw = await request.body()
+    limit = services.settings.simulation.max_request_bytes
+    if len(raw) > limit:
+        raise _too_large(limit)
+    if idempotency_key is not None:
+        services.idempotency.check_key(idempotency_key)
+    simulation = services.simulation
+    async with services.db.read() as conn:
+        prepared = await simulation.prepare_recommendation(
+            conn, principal.tenant_id, body.model_dump(by_alias=True)
+        )
+    reply = await simulation.submit(
+        prepared,
+        tenant_id=principal.tenant_id,
+        principal_id=principal.key_id,
+        idempotency_key=idempotency_key,
+        req_hash=request_hash("POST", "/sim/recommend", raw),
+    )
+    return _response(reply)
 
 
 @router.get(

@@ -134,6 +134,9 @@ class SimulationResult:
     outputs: Mapping[str, OutputSummary]
     duration_ms: float
     estimate: QueryEstimate | None = None
+    recommendation: Mapping[str, Any] | None = None
+    """For ``POST /sim/recommend``: the ranking of candidate setpoints (``outputs`` are then the
+    recommended value's)."""
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -146,4 +149,6 @@ class SimulationResult:
         }
         if self.estimate is not None:
             body["estimate"] = self.estimate.to_dict()
+        if self.recommendation is not None:
+            body["recommendation"] = dict(self.recommendation)
         return body

@@ -25,6 +25,32 @@ class ModelRef(BaseModel):
     )
 
 
+class TelemetryWindowIn(BaseModel):
+    """Which recent stored points of a metric to resample."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    window_s: float | None = Field(
+        default=None, gt=0, description="Points of the last this many seconds."
+    )
+    count: int | None = Field(
+        default=None, ge=1, description="The newest this many points (with a window: within it)."
+    )
+
+
+class InputsFromTelemetry(TelemetryWindowIn):
+    """Sample metric inputs of a twin's process model ``empirical``-ly from stored telemetry.
+
+    Neither ``window_s`` nor ``count``: the last ``simulation.empirical_window_s`` seconds.
+    """
+
+    inputs: dict[str, TelemetryWindowIn] | None = Field(
+        default=None,
+        description="Only these metric inputs, each with its own window or count (empty: the "
+        "one above); absent: every metric input of the model.",
+    )
+
+
 class SimRunIn(BaseModel):
     """One simulation: a model (inline, or a twin's), how to sample it, which engine."""
 
@@ -77,6 +103,83 @@ class SimRunIn(BaseModel):
     sobol_scrambles: int = Field(
         default=SOBOL_SCRAMBLES, description="Independent scrambles behind Sobol error bars."
     )
+    inputs_from_telemetry: InputsFromTelemetry | None = Field(
+        default=None,
+        description="With `model_ref`: sample metric inputs from the asset's recent stored "
+        "points (`empirical`) instead of around the baseline.",
+    )
+
+
+class CandidateRange(BaseModel):
+    """Evenly spaced candidate values, ends included."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    low: float
+    high: float
+    steps: int
+
+
+class RecommendObjective(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    output: str = Field(min_length=1, description="Output (KPI) of the process model.")
+    goal: Literal["maximize", "minimize"] = "maximize"
+    statistic: Literal["mean", "p5", "p25", "p50", "p75", "p95", "p99"] = "p50"
+
+
+class RecommendConstraint(BaseModel):
+    """``statistic(output) >= threshold`` (or ``<=``): give exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    output: str = Field(min_length=1)
+    statistic: Literal["mean", "p5", "p25", "p50", "p75", "p95", "p99"] = "p5"
+    at_least: float | None = Field(default=None, alias=">=")
+    at_most: float | None = Field(default=None, alias="<=")
+
+
+class AnomalyRef(BaseModel):
+    """An anomaly whose playbook supplies candidates (and, if absent, model and objective)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: Literal["spike", "drift", "flatline", "out_of_range"]
+    metric: str = Field(min_length=1, max_length=128)
+    asset_id: str | None = Field(
+        default=None, description="Asset of the anomaly; absent: the request's `asset_id`."
+    )
+
+
+class SimRecommendIn(BaseModel):
+    """Rank candidate values of a twin's setpoint by simulating its process model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    twin_id: str = Field(min_length=1, max_length=64)
+    process_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Process model id; absent: the anomaly's playbook's.",
+    )
+    asset_id: str = Field(min_length=1, max_length=64, description="Asset of the setpoint.")
+    setpoint: str = Field(min_length=1, max_length=64, description="Setpoint id.")
+    candidates: list[float] | CandidateRange | None = Field(
+        default=None,
+        description="Values to try (within the setpoint's bounds); absent: the anomaly's "
+        "playbook's. Do-nothing (the current value) is always included.",
+    )
+    anomaly: AnomalyRef | None = None
+    objective: RecommendObjective | None = Field(
+        default=None, description="Absent: the anomaly's playbook's (p50 of its KPI)."
+    )
+    constraint: RecommendConstraint | None = None
+    samples: int = Field(default=DEFAULT_SAMPLES, description="Samples per candidate.")
+    seed: int | None = None
+    method: Literal["mc", "sobol", "antithetic"] = "mc"
+    sobol_scrambles: int = SOBOL_SCRAMBLES
+    inputs_from_telemetry: InputsFromTelemetry | None = None
 
 
 class SimRunOut(BaseModel):

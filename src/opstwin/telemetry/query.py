@@ -226,6 +226,36 @@ class TelemetryQueries:
             "next_page_token": encode_token(fingerprint, next_position) if next_position else None,
         }
 
+    async def recent_values(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        *,
+        twin_id: str,
+        asset_id: str,
+        metric: str,
+        since_us: int | None,
+        limit: int,
+    ) -> list[float]:
+        """The newest ``limit`` stored values of one metric (at or after ``since_us``), newest first.
+
+        For simulation inputs sampled from recent telemetry; the metric may be an alias.
+        """
+        series = await self._series(conn, tenant_id, twin_id, asset_id, [metric])
+        if not series:
+            return []
+        p = telemetry_points
+        clauses: list[Any] = [p.c.series_id == series[0].series_id]
+        if since_us is not None:
+            clauses.append(p.c.ts_us >= since_us)
+        query = (
+            select(p.c.value)
+            .where(*clauses)
+            .order_by(p.c.ts_us.desc(), p.c.event_no.desc())
+            .limit(limit)
+        )
+        return [float(v) for v in (await conn.execute(query)).scalars()]
+
     @staticmethod
     def _points_query(
         ref: SeriesRef,

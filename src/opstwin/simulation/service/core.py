@@ -24,12 +24,19 @@ from opstwin.kit.errors import (
 from opstwin.kit.idempotency import IdempotencyStore
 from opstwin.kit.ids import IdSource
 from opstwin.simulation.coupler import HybridCoupler
+from opstwin.simulation.monte_carlo import DEFAULT_TARGET_RSE
 from opstwin.simulation.quantum import AmplitudeEstimator, quantum_unavailable
 from opstwin.simulation.repository import RunRow, SimRunRepository
 from opstwin.simulation.service.execution import RunExecutor
 from opstwin.simulation.service.jobs import BackgroundJobs, lease_until
 from opstwin.simulation.service.ledger import RunLedger
-from opstwin.simulation.service.model_source import ModelSource
+from opstwin.simulation.service.model_source import (
+    TELEMETRY_POINTER,
+    EmpiricalPlan,
+    ModelSource,
+    TelemetryWindow,
+)
+from opstwin.simulation.service.recommendations import plan_recommendation
 from opstwin.simulation.service.records import EVENT_QUEUED, Reply, accepted_reply, record_of
 from opstwin.simulation.service.requests import (
     PreparedRun,
@@ -131,11 +138,17 @@ class SimulationService:
         if (inline is None) == (ref is None):
             raise limit_error("/model", "give exactly one of 'model' (inline) or 'model_ref'")
         twin_id = process_model = None
+        if ref is None and body.get("inputs_from_telemetry") is not None:
+            raise limit_error(
+                TELEMETRY_POINTER, "inputs_from_telemetry needs model_ref (a twin's process model)"
+            )
         if ref is not None:
             if self._models is None or conn is None:
                 raise limit_error("/model_ref", "model_ref is not available on this server")
             twin_id, process_model = str(ref["twin_id"]), str(ref["process_model"])
-            inline = await self._models.inline_model(conn, tenant_id, twin_id, process_model)
+            inline = await self._models.inline_model(
+                conn, tenant_id, twin_id, process_model, self._empirical_plan(body)
+            )
         request = normalise_request(body, inline)
         prepared = self.compile(request, twin_id=twin_id, process_model=process_model)
         if prepared.engine == "quantum" and prepared.query is not None:
@@ -143,6 +156,60 @@ class SimulationService:
             if reason is not None:
                 raise quantum_unavailable(reason)
         return prepared
+
+    async def prepare_recommendation(
+        self, conn: AsyncConnection, tenant_id: str, body: Mapping[str, Any]
+    ) -> PreparedRun:
+        """Check a ``POST /sim/recommend`` request (``SimRecommendIn`` dumped by alias).
+
+        The run it prepares ranks candidate setpoints (:mod:`.recommendations`) and is stored,
+        computed and logged like any run.
+        """
+        if self._models is None:
+            raise limit_error("/twin_id", "recommendations are not available on this server")
+        twin_id = str(body["twin_id"])
+        twin = await self._models.twin(conn, tenant_id, twin_id)
+        process_model, task = plan_recommendation(twin, body)
+        inline = await self._models.inline_model(
+            conn, tenant_id, twin_id, process_model, self._empirical_plan(body)
+        )
+        run = {
+            "samples": body["samples"],
+            "seed": body.get("seed"),
+            "method": body["method"],
+            "target_rse": DEFAULT_TARGET_RSE,
+            "adaptive": False,
+            "max_samples": None,
+            "converge_on": "mean",
+            "engine": "classical",
+            "query": None,
+            "sobol_scrambles": body["sobol_scrambles"],
+        }
+        request = normalise_request(run, inline)
+        request["recommend"] = task.to_request()
+        return self.compile(request, twin_id=twin_id, process_model=process_model)
+
+    def _empirical_plan(self, body: Mapping[str, Any]) -> EmpiricalPlan | None:
+        """The request's ``inputs_from_telemetry``, defaults from the settings."""
+        spec = body.get("inputs_from_telemetry")
+        if spec is None:
+            return None
+        default = TelemetryWindow(window_s=spec.get("window_s"), count=spec.get("count"))
+        if default.window_s is None and default.count is None:
+            default = TelemetryWindow(window_s=self.settings.empirical_window_s)
+        per_input = spec.get("inputs")
+        return EmpiricalPlan(
+            default=default,
+            per_input=None
+            if per_input is None
+            else {
+                str(name): TelemetryWindow(window_s=w.get("window_s"), count=w.get("count"))
+                for name, w in per_input.items()
+            },
+            now_us=to_micros(self._clock.now()),
+            min_points=self.settings.empirical_min_points,
+            max_points=self.settings.empirical_max_points,
+        )
 
     def compile(
         self,

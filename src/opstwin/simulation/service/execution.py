@@ -109,6 +109,8 @@ class RunExecutor:
             per_sample = (time.monotonic() - started) / PILOT_SAMPLES
             progress.expected_s = per_sample * prepared.most_samples
             progress.started = time.monotonic()
+        if prepared.recommendation is not None:
+            return prepared.recommendation.run(self._coupler, prepared.model, prepared.settings)
         return self._coupler.run(
             prepared.model, prepared.settings, engine=prepared.engine, query=prepared.query
         )

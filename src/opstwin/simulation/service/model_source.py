@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from opstwin.kit.errors import ValidationFailed
+from opstwin.kit.errors import FieldError, ValidationFailed
+from opstwin.simulation.distributions import escape_pointer
 from opstwin.simulation.service.requests import limit_error
-from opstwin.twins.model import MetricInput, SetpointInput
+from opstwin.twins.model import MetricInput, SetpointInput, TwinSpec
 from opstwin.twins.state import reported_state
 
 if TYPE_CHECKING:
@@ -18,11 +21,59 @@ _POINTER = "/model_ref/process_model"
 """Where every error about a referenced process model points."""
 
 
+TELEMETRY_POINTER = "/inputs_from_telemetry"
+"""Where errors about inputs sampled from stored telemetry point."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryWindow:
+    """Which recent points of a metric to resample: the last ``window_s`` seconds and/or the
+    newest ``count`` points (both: the newest ``count`` within the window)."""
+
+    window_s: float | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmpiricalPlan:
+    """Metric inputs to sample ``empirical``-ly from the asset's recent stored points.
+
+    ``per_input`` None: every metric input, with ``default``; else only the inputs named, each
+    with its own window or count (``default`` when it gives neither).
+    """
+
+    default: TelemetryWindow
+    per_input: Mapping[str, TelemetryWindow] | None
+    now_us: int
+    min_points: int
+    max_points: int
+
+    def window_for(self, name: str) -> TelemetryWindow | None:
+        if self.per_input is None:
+            return self.default
+        own = self.per_input.get(name)
+        if own is None:
+            return None
+        return own if own.window_s is not None or own.count is not None else self.default
+
+    def pointer(self, name: str) -> str:
+        if self.per_input is None:
+            return TELEMETRY_POINTER
+        return f"{TELEMETRY_POINTER}/inputs/{escape_pointer(name)}"
+
+
 class ModelSource(Protocol):
     """Where ``model_ref`` runs get their model: the twin registry (:class:`TwinModelSource`)."""
 
+    async def twin(self, conn: AsyncConnection, tenant_id: str, twin_id: str) -> TwinSpec: ...
+
     async def inline_model(
-        self, conn: AsyncConnection, tenant_id: str, twin_id: str, process_model: str
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        twin_id: str,
+        process_model: str,
+        empirical: EmpiricalPlan | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -30,6 +81,22 @@ class TwinRegistryReader(Protocol):
     """The part of :class:`opstwin.twins.registry.TwinRegistry` a ``model_ref`` needs."""
 
     async def get(self, conn: AsyncConnection, tenant_id: str, twin_id: str) -> Twin: ...
+
+
+class TelemetryReader(Protocol):
+    """The part of :class:`opstwin.telemetry.query.TelemetryQueries` empirical inputs need."""
+
+    async def recent_values(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        *,
+        twin_id: str,
+        asset_id: str,
+        metric: str,
+        since_us: int | None,
+        limit: int,
+    ) -> list[float]: ...
 
 
 class TwinModelSource:
@@ -40,15 +107,42 @@ class TwinModelSource:
     constant; a metric the asset's reported state — normal around the detector's baseline mean
     (else the latest value) with the input's ``std``, else the baseline's. A metric input with no
     reported value or no known spread has no distribution yet: 422 saying so.
+
+    With an :class:`EmpiricalPlan` (``inputs_from_telemetry``), the metric inputs it covers are
+    instead ``empirical``: resampled from the asset's recent stored points, read through the
+    telemetry queries; fewer points than the plan's minimum is a 422 saying how many were found.
     """
 
-    def __init__(self, registry: TwinRegistryReader) -> None:
+    def __init__(
+        self, registry: TwinRegistryReader, telemetry: TelemetryReader | None = None
+    ) -> None:
         self._registry = registry
+        self._telemetry = telemetry
+
+    async def twin(self, conn: AsyncConnection, tenant_id: str, twin_id: str) -> TwinSpec:
+        """The twin model (404 when the tenant has no such twin)."""
+        return (await self._registry.get(conn, tenant_id, twin_id)).spec
 
     async def inline_model(
-        self, conn: AsyncConnection, tenant_id: str, twin_id: str, process_model: str
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        twin_id: str,
+        process_model: str,
+        empirical: EmpiricalPlan | None = None,
     ) -> dict[str, Any]:
         twin = await self._registry.get(conn, tenant_id, twin_id)
+        if empirical is not None and empirical.per_input is not None:
+            spec_inputs = next(
+                (pm.inputs for pm in twin.spec.process_models if pm.id == process_model), {}
+            )
+            for name in empirical.per_input:
+                if spec_inputs and not isinstance(spec_inputs.get(name), MetricInput):
+                    raise limit_error(
+                        empirical.pointer(name),
+                        f"{name!r} is not a metric input of process model {process_model!r}; "
+                        "only inputs bound to a metric can be sampled from telemetry",
+                    )
         spec = next((pm for pm in twin.spec.process_models if pm.id == process_model), None)
         if spec is None:
             known = ", ".join(pm.id for pm in twin.spec.process_models) or "none"
@@ -72,6 +166,14 @@ class TwinModelSource:
                     {"dist": "normal", "mean": value, "std": source.std}
                     if source.std is not None
                     else {"dist": "constant", "value": value}
+                )
+            elif (
+                isinstance(source, MetricInput)
+                and empirical is not None
+                and (window := empirical.window_for(name)) is not None
+            ):
+                inputs[name] = await self._empirical(
+                    conn, tenant_id, twin_id, name, source, window, empirical
                 )
             elif isinstance(source, MetricInput):
                 if reported is None:
@@ -99,6 +201,53 @@ class TwinModelSource:
             "inputs": inputs,
             "outputs": {name: kpi.expression for name, kpi in spec.outputs.items()},
         }
+
+    async def _empirical(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        twin_id: str,
+        name: str,
+        source: MetricInput,
+        window: TelemetryWindow,
+        plan: EmpiricalPlan,
+    ) -> dict[str, Any]:
+        """An ``empirical`` input from the newest stored points of the input's metric."""
+        pointer = plan.pointer(name)
+        if self._telemetry is None:
+            raise limit_error(pointer, "inputs from telemetry are not available on this server")
+        limit = plan.max_points if window.count is None else min(window.count, plan.max_points)
+        since_us = (
+            None if window.window_s is None else plan.now_us - round(window.window_s * 1_000_000)
+        )
+        values = await self._telemetry.recent_values(
+            conn,
+            tenant_id,
+            twin_id=twin_id,
+            asset_id=source.asset,
+            metric=source.metric,
+            since_us=since_us,
+            limit=limit,
+        )
+        if len(values) < plan.min_points:
+            scope = []
+            if window.window_s is not None:
+                scope.append(f"in the last {window.window_s:g} s")
+            if window.count is not None:
+                scope.append(f"among the newest {window.count}")
+            where = f"{source.asset}/{source.metric}"
+            detail = (
+                f"input {name!r}: metric {where} has {len(values)} stored point(s) "
+                f"{' and '.join(scope) or 'in total'}; sampling it from telemetry needs at least "
+                f"{plan.min_points} — widen the window, lower the count, or send more telemetry"
+            )
+            raise ValidationFailed(
+                detail,
+                errors=[FieldError(detail=detail, pointer=pointer)],
+                extensions={"found_points": len(values), "min_points": plan.min_points},
+            )
+        values.reverse()  # oldest first: the stored request reads in time order
+        return {"dist": "empirical", "observations": values}
 
 
 def _no_distribution_yet(name: str, why: str) -> ValidationFailed:

@@ -110,7 +110,8 @@ def final_reply(row: RunRow) -> Reply:
     problem = _problem(failure, row)
     return Reply(
         problem.status,
-        jsonutil.dumps(problem.problem(instance="/sim/run")),
+        # The occurrence is the run itself (the same for /sim/run and /sim/recommend).
+        jsonutil.dumps(problem.problem(instance=f"{RUNS_PATH}/{row.sim_id}")),
         location(row),
     )
 

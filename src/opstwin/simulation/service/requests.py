@@ -13,6 +13,7 @@ from opstwin.simulation.coupler import Query, parse_query
 from opstwin.simulation.distributions import escape_pointer
 from opstwin.simulation.model import ProcessModel, parse_model
 from opstwin.simulation.monte_carlo import MAX_VALUES_IN_MEMORY, RunSettings
+from opstwin.simulation.service.recommendations import RecommendationTask
 
 ADAPTIVE_BUDGET_SHARE = 0.8
 """Share of the wall-time limit an adaptive run may spend before stopping on its own."""
@@ -30,6 +31,8 @@ class PreparedRun:
     most_samples: int
     twin_id: str | None = None
     process_model: str | None = None
+    recommendation: RecommendationTask | None = None
+    """Set for ``POST /sim/recommend``: rank candidate setpoints instead of one plain run."""
 
 
 def limit_error(pointer: str, detail: str, **extensions: Any) -> ValidationFailed:
@@ -127,6 +130,21 @@ def compile_request(
             f"{MAX_VALUES_IN_MEMORY} values; at most {MAX_VALUES_IN_MEMORY // columns} fit",
             limit_samples=MAX_VALUES_IN_MEMORY // columns,
         )
+    recommendation = None
+    if request.get("recommend") is not None:  # POST /sim/recommend
+        recommendation = RecommendationTask.from_request(request["recommend"])
+        values = recommendation.value_count
+        if samples * columns * values > MAX_VALUES_IN_MEMORY:
+            fit = MAX_VALUES_IN_MEMORY // (columns * values)
+            raise limit_error(
+                "/samples",
+                f"{samples} samples × {columns} inputs+outputs × {values} candidate values "
+                f"exceeds the in-memory limit of {MAX_VALUES_IN_MEMORY} values; at most {fit} "
+                "samples fit",
+                limit_samples=fit,
+            )
+        # every value is simulated, then the recommended one once more for its summary
+        most = samples * (values + 1)
     return PreparedRun(
         request=request,
         model=model,
@@ -136,4 +154,5 @@ def compile_request(
         most_samples=most,
         twin_id=twin_id,
         process_model=process_model,
+        recommendation=recommendation,
     )

@@ -103,6 +103,7 @@ async def _bare(services: Services, start: datetime) -> list[float]:
     db = services.db
     rates: list[float] = []
     base_event = 10**12
+    start_us = int(start.timestamp() * 1e6)
     for r in range(ROUNDS):
         events = [
             (
@@ -117,12 +118,14 @@ async def _bare(services: Services, start: datetime) -> list[float]:
             )
             for i in range(EVENTS)
         ]
+        # The rows HTTP ingest stores: one series per (asset, metric), the same timestamps
+        # (1 ms apart) and values, in the same order.
         points = [
             (
-                10**9 + k,
-                int(start.timestamp() * 1e6) + r * EVENTS + i,
+                10**9 + (i % ASSETS) * len(METRICS) + k,
+                start_us + (r * EVENTS + i) * 1000,
                 base_event + r * EVENTS + i,
-                50.0,
+                50.0 + ((i * 7 + k) % 13),
             )
             for i in range(EVENTS)
             for k in range(len(METRICS))

@@ -30,7 +30,7 @@ from opstwin.kit.db import Transaction
 from opstwin.kit.errors import FieldError, PayloadTooLarge
 from opstwin.kit.ids import IdSource
 from opstwin.telemetry.normalizer import EventNormalizer, NormalizedEvent, TwinCatalog
-from opstwin.telemetry.repository import EventRow, TelemetryStore
+from opstwin.telemetry.repository import TelemetryStore
 from opstwin.twins.registry import TwinRegistry
 from opstwin.twins.state import LatestSample, record_latest
 
@@ -135,15 +135,14 @@ class TelemetryIngestor:
             if isinstance(e, dict) and isinstance(e.get("twin_id"), str)
         }
         catalogs = {t: await self._catalog(tx.conn, tenant_id, t) for t in twin_ids}
-        without_id = sum(1 for e in events if _needs_id(e))
-        fresh_ids = iter(self._ids.batch("tel", without_id))
+        without_id = [i for i, e in enumerate(events) if _needs_id(e)]
+        new_ids = dict(zip(without_id, self._ids.batch("tel", len(without_id)), strict=True))
 
-        normalizer = self._normalizer
+        normalize = self._normalizer.normalize
         accepted: list[NormalizedEvent] = []
         seen: set[str] = set()
         for index, raw in enumerate(events):
-            new_id = next(fresh_ids) if _needs_id(raw) else ""
-            outcome = normalizer.normalize(raw, catalogs, now_us, new_id)
+            outcome = normalize(raw, catalogs, now_us, new_ids.get(index, "") if new_ids else "")
             if isinstance(outcome, list):
                 result.rejected.append(Rejection(index, outcome))
             elif outcome.event_id in seen:
@@ -155,7 +154,7 @@ class TelemetryIngestor:
         stored_nos = await self._store.insert_events(
             tx,
             tenant_id,
-            [EventRow(e.event_id, e.twin_id, e.asset_id, e.ts_us, e.quality) for e in accepted],
+            accepted,
             now_us,
         )
         result.duplicates += len(accepted) - len(stored_nos)
@@ -168,33 +167,46 @@ class TelemetryIngestor:
         if not stored:
             return result
 
-        series_keys = {
-            (e.twin_id, e.asset_id, metric) for e in stored for metric in e.document["metrics"]
-        }
-        series = await self._store.series_ids(tx, tenant_id, series_keys)
-        points: list[tuple[int, int, int, float]] = []
-        latest: dict[tuple[str, str, str], tuple[int, float | None, float, str]] = {}
-        by_asset: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        # Per asset, then per metric name: the per-point work is one tuple each.
+        by_asset: dict[tuple[str, str], list[NormalizedEvent]] = {}
         for e in stored:
-            event_no = stored_nos[e.event_id]
-            twin_id, asset_id, ts_us = e.twin_id, e.asset_id, e.ts_us
-            for metric, value in e.document["metrics"].items():
-                key = (twin_id, asset_id, metric)
-                if value is not None:
-                    points.append((series[key], ts_us, event_no, value))
-                current = latest.get(key)
-                if current is None or ts_us >= current[0]:
-                    latest[key] = (ts_us, value, e.quality, e.event_id)
-            by_asset.setdefault((twin_id, asset_id), []).append(e.document)
-        await self._store.insert_points(tx, points)
-        await record_latest(
-            tx,
-            tenant_id,
-            [
-                LatestSample(t, a, m, value, ts_us, quality, event_id)
-                for (t, a, m), (ts_us, value, quality, event_id) in latest.items()
-            ],
+            group = by_asset.get((e.twin_id, e.asset_id))
+            if group is None:
+                group = by_asset[(e.twin_id, e.asset_id)] = []
+            group.append(e)
+        names: dict[tuple[str, str], set[str]] = {}
+        for asset, group in by_asset.items():
+            metric_names: set[str] = set()
+            for e in group:
+                metric_names.update(e.document["metrics"])
+            names[asset] = metric_names
+        series = await self._store.series_ids(
+            tx, tenant_id, {(t, a, m) for (t, a), ms in names.items() for m in ms}
         )
+        points: list[tuple[int, int, int, float]] = []
+        samples: list[LatestSample] = []
+        for (twin_id, asset_id), group in by_asset.items():
+            ids = {m: series[(twin_id, asset_id, m)] for m in names[(twin_id, asset_id)]}
+            for e in group:
+                ts_us, event_no = e.ts_us, stored_nos[e.event_id]
+                points += [
+                    (ids[m], ts_us, event_no, v)
+                    for m, v in e.document["metrics"].items()
+                    if v is not None
+                ]
+            # Latest sample per metric: the newest ts, and the later event of the batch on a tie.
+            remaining = set(names[(twin_id, asset_id)])
+            for _, e in sorted(enumerate(group), key=_ts_then_index, reverse=True):
+                for m, v in e.document["metrics"].items():
+                    if m in remaining:
+                        remaining.discard(m)
+                        samples.append(
+                            LatestSample(twin_id, asset_id, m, v, e.ts_us, e.quality, e.event_id)
+                        )
+                if not remaining:
+                    break
+        await self._store.insert_points(tx, points)
+        await record_latest(tx, tenant_id, samples)
         result.events = [e.document for e in stored]
         result.appended = await self._changelog.append(
             tx,
@@ -205,12 +217,20 @@ class TelemetryIngestor:
                     source=EVENT_SOURCE,
                     subject=f"twin/{twin_id}/asset/{asset_id}",
                     dataschema=APPENDED_SCHEMA,
-                    data={"twin_id": twin_id, "asset_id": asset_id, "points": documents},
+                    data={
+                        "twin_id": twin_id,
+                        "asset_id": asset_id,
+                        "points": [e.document for e in group],
+                    },
                 )
-                for (twin_id, asset_id), documents in by_asset.items()
+                for (twin_id, asset_id), group in by_asset.items()
             ],
         )
         return result
+
+
+def _ts_then_index(item: tuple[int, NormalizedEvent]) -> tuple[int, int]:
+    return item[1].ts_us, item[0]
 
 
 def _needs_id(raw: Any) -> bool:

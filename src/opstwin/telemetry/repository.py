@@ -4,8 +4,9 @@ Batches go to the database the fastest way each backend offers, inside the calle
 transaction:
 
 * **SQLite** (one writer at a time — write transactions hold the lock from ``BEGIN
-  IMMEDIATE``): known event ids are looked up, new events get ``event_no`` values after the
-  current maximum, and events and points are written with one ``executemany`` each.
+  IMMEDIATE``): events get ``event_no`` values after the current maximum and go in with one
+  ``executemany … ON CONFLICT DO NOTHING`` (the unique index skips stored event ids; only
+  when it skipped some are the stored numbers read back); points with one ``executemany``.
 * **PostgreSQL**: events go in with one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO
   NOTHING RETURNING`` (concurrent writers of the same ``event_id`` are resolved by the unique
   index: the second waits, then skips), points with ``COPY`` (asyncpg
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from opstwin.kit.db import Transaction
-from opstwin.telemetry.tables import telemetry_events, telemetry_points, telemetry_series
+from opstwin.telemetry.tables import telemetry_points, telemetry_series
 
 SeriesKey = tuple[str, str, str]  # (twin_id, asset_id, metric)
 #: Rows per IN (...) lookup on SQLite (its bound-parameter limit is 32,766; stay well below).
@@ -31,8 +33,10 @@ _SERIES_CACHE_SIZE = 100_000
 
 _SQLITE_INSERT_EVENTS = (
     "INSERT INTO telemetry_events (event_no, tenant_id, event_id, twin_id, asset_id, ts_us, "
-    "quality, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "quality, received_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
+_SQLITE_MAX_EVENT_NO = "SELECT coalesce(max(event_no), 0) FROM telemetry_events"
+_SQLITE_STORED_NOS = "SELECT event_no FROM telemetry_events WHERE event_no BETWEEN ? AND ?"
 _SQLITE_INSERT_POINTS = (
     "INSERT INTO telemetry_points (series_id, ts_us, event_no, value) VALUES (?, ?, ?, ?)"
 )
@@ -47,6 +51,17 @@ _PG_INSERT_EVENTS = text(
     "RETURNING event_no, event_id"
 )
 POINT_COLUMNS = ("series_id", "ts_us", "event_no", "value")
+
+
+class StoredEvent(Protocol):
+    """What :meth:`TelemetryStore.insert_events` reads of an event (a normalised event has it
+    all, so the ingest path passes those as they are)."""
+
+    event_id: str
+    twin_id: str
+    asset_id: str
+    ts_us: int
+    quality: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +136,7 @@ class TelemetryStore:
         return found
 
     async def insert_events(
-        self, tx: Transaction, tenant_id: str, rows: Sequence[EventRow], received_at_us: int
+        self, tx: Transaction, tenant_id: str, rows: Sequence[StoredEvent], received_at_us: int
     ) -> dict[str, int]:
         """Store the events not stored yet; returns ``event_id → event_no`` of those it stored.
 
@@ -146,31 +161,12 @@ class TelemetryStore:
             )
             return {event_id: int(event_no) for event_no, event_id in result.all()}
 
-        existing: set[str] = set()
-        ids = [r.event_id for r in rows]
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            existing.update(
-                (
-                    await tx.conn.execute(
-                        select(telemetry_events.c.event_id).where(
-                            telemetry_events.c.tenant_id == tenant_id,
-                            telemetry_events.c.event_id.in_(ids[start : start + _LOOKUP_CHUNK]),
-                        )
-                    )
-                ).scalars()
-            )
-        fresh = [r for r in rows if r.event_id not in existing]
-        if not fresh:
-            return {}
         # Safe without a sequence: SQLite write transactions are exclusive (BEGIN IMMEDIATE).
-        base = int(
-            (
-                await tx.conn.execute(
-                    select(func.coalesce(func.max(telemetry_events.c.event_no), 0))
-                )
-            ).scalar_one()
-        )
-        await tx.conn.exec_driver_sql(
+        # Every row gets the next number; a row already stored (same tenant and event_id) is
+        # skipped by the unique index, which leaves a gap (numbers only need to be unique and
+        # increasing). Two round trips when nothing is a duplicate, three otherwise.
+        base = int((await tx.conn.exec_driver_sql(_SQLITE_MAX_EVENT_NO)).scalar_one())
+        result = await tx.conn.exec_driver_sql(
             _SQLITE_INSERT_EVENTS,
             [
                 (
@@ -183,10 +179,18 @@ class TelemetryStore:
                     r.quality,
                     received_at_us,
                 )
-                for i, r in enumerate(fresh, start=1)
+                for i, r in enumerate(rows, start=1)
             ],
         )
-        return {r.event_id: base + i for i, r in enumerate(fresh, start=1)}
+        if result.rowcount == len(rows):
+            return {r.event_id: base + i for i, r in enumerate(rows, start=1)}
+        stored = {
+            int(n)
+            for n in (
+                await tx.conn.exec_driver_sql(_SQLITE_STORED_NOS, (base + 1, base + len(rows)))
+            ).scalars()
+        }
+        return {r.event_id: base + i for i, r in enumerate(rows, start=1) if base + i in stored}
 
     async def insert_points(
         self, tx: Transaction, points: Sequence[tuple[int, int, int, float]]
@@ -195,12 +199,19 @@ class TelemetryStore:
         if not points:
             return
         if tx.backend == "postgresql":
-            raw = await tx.conn.get_raw_connection()
-            driver = raw.driver_connection
-            if driver is None:  # pragma: no cover - a pooled connection always has one
-                raise RuntimeError("no asyncpg connection behind the transaction")
-            await driver.copy_records_to_table(
+            await (await _asyncpg(tx)).copy_records_to_table(
                 telemetry_points.name, records=points, columns=POINT_COLUMNS
             )
             return
         await tx.conn.exec_driver_sql(_SQLITE_INSERT_POINTS, list(points))
+
+
+async def _asyncpg(tx: Transaction) -> Any:
+    """The asyncpg connection under ``tx``, inside its transaction."""
+    raw = await tx.conn.get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:  # pragma: no cover - a pooled connection always has one
+        raise RuntimeError("no asyncpg connection behind the transaction")
+    if not driver.is_in_transaction():  # SQLAlchemy sends BEGIN with the first statement
+        await tx.conn.exec_driver_sql("SELECT 1")
+    return driver

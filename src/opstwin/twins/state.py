@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -118,22 +118,42 @@ async def record_latest(tx: Transaction, tenant_id: str, samples: Sequence[Lates
 async def record_baselines(tx: Transaction, tenant_id: str, baselines: Sequence[Baseline]) -> None:
     """Store the detector's baseline and z-score on existing reported-state rows (in key
     order, like :func:`record_latest`, so the two never deadlock)."""
-    for b in sorted(baselines, key=lambda b: (b.twin_id, b.asset_id, b.metric)):
-        await tx.conn.execute(
-            update(asset_state)
-            .where(
-                asset_state.c.tenant_id == tenant_id,
-                asset_state.c.twin_id == b.twin_id,
-                asset_state.c.asset_id == b.asset_id,
-                asset_state.c.metric == b.metric,
-            )
-            .values(
-                baseline_mean=b.mean,
-                baseline_std=b.std,
-                z_score=b.z_score,
-                baseline_at_us=b.at_us,
-            )
-        )
+    if not baselines:
+        return
+    # executemany of one cached statement: a round trip per row cost ~0.6 ms each.
+    await tx.conn.execute(
+        _UPDATE_BASELINE,
+        [
+            {
+                "b_tenant": tenant_id,
+                "b_twin": b.twin_id,
+                "b_asset": b.asset_id,
+                "b_metric": b.metric,
+                "b_mean": b.mean,
+                "b_std": b.std,
+                "b_z": b.z_score,
+                "b_at": b.at_us,
+            }
+            for b in sorted(baselines, key=lambda b: (b.twin_id, b.asset_id, b.metric))
+        ],
+    )
+
+
+_UPDATE_BASELINE = (
+    update(asset_state)
+    .where(
+        asset_state.c.tenant_id == bindparam("b_tenant"),
+        asset_state.c.twin_id == bindparam("b_twin"),
+        asset_state.c.asset_id == bindparam("b_asset"),
+        asset_state.c.metric == bindparam("b_metric"),
+    )
+    .values(
+        baseline_mean=bindparam("b_mean"),
+        baseline_std=bindparam("b_std"),
+        z_score=bindparam("b_z"),
+        baseline_at_us=bindparam("b_at"),
+    )
+)
 
 
 async def reported_state(

@@ -7,7 +7,7 @@ import importlib
 import time
 
 # Explicit list, in the order they run; each module has ``run() -> None``.
-BENCHMARKS = ["changelog", "fanout", "simulation", "anomaly", "audit", "ingest"]
+BENCHMARKS = ["changelog", "fanout", "simulation", "anomaly", "audit", "ingest", "mqtt"]
 
 
 def main() -> None:

@@ -221,13 +221,15 @@ class MqttSettings(BaseModel):
         description="MQTT client id; the session is persistent, so the broker keeps QoS 1 messages for it while the server is down.",
     )
     batch_size: int = Field(
-        default=500, ge=1, description="Messages committed (then acknowledged) together at most."
+        default=1000,
+        ge=1,
+        description="Messages committed (then acknowledged) together at most; the broker's in-flight window (Mosquitto `max_inflight_messages`) must be at least this large for batches to fill.",
     )
     batch_max_delay_s: float = Field(
-        default=0.05, gt=0, description="Longest a received message waits for its batch to fill."
+        default=0.1, gt=0, description="Longest a received message waits for its batch to fill."
     )
     batch_idle_s: float = Field(
-        default=0.002,
+        default=0.005,
         gt=0,
         description="A batch is committed early when no message arrived for this long (the broker stops sending at its in-flight window until we acknowledge).",
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -212,6 +213,64 @@ async def test_messages_published_while_down_are_ingested_once_after_restart(
         await until(lambda: _committed(services, count + 10))
         ids = await stored_event_ids(services)
     assert ids == [f"down-{i:04d}" for i in range(count)]
+
+
+async def test_no_acknowledged_message_is_lost_while_the_database_is_unavailable(
+    mqtt_settings: Settings, backend: str
+) -> None:
+    """SQLite locked by another connection (BEGIN EXCLUSIVE) mid-stream: the source's commits
+    fail and are retried, unacknowledged; once the lock goes, every message published before,
+    during and after is stored exactly once."""
+    if backend != "sqlite":
+        pytest.skip("the database is made unavailable by locking the SQLite file")
+    settings = mqtt_settings.model_copy(
+        update={"database": mqtt_settings.database.model_copy(update={"busy_timeout_s": 0.1})}
+    )
+    name = topic(settings)
+
+    def events(start: int, stop: int) -> list[tuple[str, bytes]]:
+        return [
+            (
+                name,
+                json.dumps(
+                    {
+                        "event_id": f"lock-{i:04d}",
+                        "ts": f"2026-01-01T01:{i // 60:02d}:{i % 60:02d}Z",
+                        "metrics": {"temp_c": 61.0},
+                    }
+                ).encode(),
+            )
+            for i in range(start, stop)
+        ]
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        source = services.mqtt
+        assert source is not None
+        await load_model(services)
+        await connected(services)
+        await publish(events(0, 100))
+        await until(lambda: _at_least(stored_event_ids(services), 100))
+
+        lock = sqlite3.connect(settings.data_dir / "opstwin.db", timeout=10)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            await publish(events(100, 300))  # PUBACKed by the broker, not yet by us
+            failures = source.commit_failures
+            await until(lambda: _true(source.commit_failures >= failures + 2))
+        finally:
+            lock.rollback()
+            lock.close()
+        await publish(events(300, 400))
+        await until(lambda: _at_least(stored_event_ids(services), 400))
+        await until(lambda: _committed(services, 400))
+        ids = await stored_event_ids(services)
+    assert ids == [f"lock-{i:04d}" for i in range(400)]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _at_least(ids: Awaitable[list[str]], n: int) -> bool:

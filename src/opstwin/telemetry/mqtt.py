@@ -16,7 +16,10 @@ PUBACKs go out in the order the messages arrived (MQTT 3.1.1 §4.6).
 Batching: a batch is committed when it holds ``batch_size`` messages, when its first
 message has waited ``batch_max_delay_s``, or when nothing arrived for ``batch_idle_s`` —
 the broker stops sending at its in-flight window (Mosquitto's ``max_inflight_messages``,
-20 by default) until we acknowledge, so waiting longer would only add latency.
+20 by default) until we acknowledge, so waiting longer would only add latency. That window
+caps every batch: production brokers need it at least ``batch_size`` (docs/operations.md, MQTT).
+Messages the client has already queued are taken synchronously (no task per message); the
+PUBACKs of a batch are queued together after its commit and leave in one socket write round.
 
 Payload mappings (topic ``<prefix>/<twin_id>/<asset_id>/<suffix>``, levels 2 and 3):
 
@@ -170,6 +173,8 @@ class MQTTSensorAdapter:
         #: Counters (also what tests and the benchmark wait on).
         self.messages_committed = 0
         self.dead_letters = 0
+        #: Commits the database refused (retried, the batch unacknowledged meanwhile).
+        self.commit_failures = 0
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -239,6 +244,11 @@ class MQTTSensorAdapter:
                 batch = [self._received(first)]
                 deadline = loop.time() + settings.batch_max_delay_s
                 while len(batch) < settings.batch_size:
+                    # Take what the client has already queued without a task per message: a
+                    # synchronous get cannot be cancelled half-way, so nothing is lost.
+                    self._drain(client, batch, settings.batch_size)
+                    if len(batch) >= settings.batch_size:
+                        break
                     wait = min(settings.batch_idle_s, deadline - loop.time())
                     if wait <= 0:
                         break
@@ -254,6 +264,16 @@ class MQTTSensorAdapter:
         finally:
             if pending is not None:
                 pending.cancel()
+
+    def _drain(self, client: aiomqtt.Client, batch: list[Received], limit: int) -> None:
+        """Move messages aiomqtt has already queued into ``batch`` (up to ``limit``).
+
+        ``Client.messages`` offers only ``anext`` (a task and an ``asyncio.wait`` per message);
+        its queue (``_queue``, what ``len(client.messages)`` counts) is read directly here.
+        """
+        queue: asyncio.Queue[aiomqtt.Message] = client._queue
+        while len(batch) < limit and not queue.empty():
+            batch.append(self._received(queue.get_nowait()))
 
     def _received(self, message: aiomqtt.Message) -> Received:
         raw = message.payload  # typed loosely by aiomqtt; received messages carry bytes
@@ -282,6 +302,7 @@ class MQTTSensorAdapter:
                 self.messages_committed += len(batch)
                 return
             except (SQLAlchemyError, OSError) as exc:
+                self.commit_failures += 1
                 log.warning("mqtt.commit_failed", error=str(exc), retry_in_s=retry)
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, COMMIT_RETRY_MAX_S)

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import Keys
 
 from opstwin.config import Settings, SimulationSettings
 from opstwin.kit import jsonutil
@@ -17,6 +16,7 @@ from opstwin.policy.rbac import Role
 from opstwin.services import Services
 from opstwin.simulation.repository import SimRunRepository
 from opstwin.simulation.service import RUNS_PATH
+from tests.conftest import Keys
 
 SYNC_MAX = 5_000
 MAX_SAMPLES = 200_000

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from tests.conftest import Keys
 
 from opstwin.kit.clock import to_micros
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
 from opstwin.twins.state import Baseline, LatestSample, record_baselines, record_latest
+from tests.conftest import Keys
 
 TWIN = "line1"
 

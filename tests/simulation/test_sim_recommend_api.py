@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.conftest import Keys
 
 from opstwin.config import Settings
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
+from tests.conftest import Keys
 
 FAB = Path(__file__).resolve().parents[2] / "examples" / "fab-line.yaml"
 TWIN = "fab_line_3"

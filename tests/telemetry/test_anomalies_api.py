@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.conftest import Keys
 
 from opstwin.kit.clock import rfc3339
 from opstwin.policy.rbac import Role
+from tests.conftest import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TWIN, ASSET, METRIC = "fab_line_3", "etch_tool_7", "temp_c"  # hard limits 15–90 °C

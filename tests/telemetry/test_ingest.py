@@ -15,12 +15,12 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from sqlalchemy import func, select
-from tests.conftest import Keys
 
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
 from opstwin.telemetry.ingest import APPENDED_SCHEMA
 from opstwin.telemetry.tables import telemetry_events, telemetry_points
+from tests.conftest import Keys
 
 
 def twin_model(twin_id: str = "line1", *, auto: bool = False) -> dict[str, Any]:

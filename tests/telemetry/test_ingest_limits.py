@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
-from tests.conftest import Keys
-from tests.telemetry.test_ingest import event, load_twin
 
 from opstwin.config import Settings, TelemetrySettings
 from opstwin.policy.rbac import Role
+from tests.conftest import Keys
+from tests.telemetry.test_ingest import event, load_twin
 
 MAX_BYTES = 4096
 MAX_EVENTS = 5

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tests.telemetry.test_ingest import twin_model
 
 from opstwin.config import TelemetrySettings
 from opstwin.kit.clock import to_micros
 from opstwin.telemetry.normalizer import EventNormalizer, NormalizedEvent, TwinCatalog
 from opstwin.twins.loader import parse_twin_document
 from opstwin.twins.registry import Twin
+from tests.telemetry.test_ingest import twin_model
 
 NOW = datetime(2026, 1, 4, 12, 0, tzinfo=UTC)
 NOW_US = to_micros(NOW)

@@ -15,7 +15,6 @@ import aiomqtt
 import httpx
 import pytest
 from sqlalchemy import func, select
-from tests.conftest import Keys, require_service
 
 from opstwin.app import create_app
 from opstwin.config import MqttSettings, Settings
@@ -24,6 +23,7 @@ from opstwin.telemetry.dead_letters import dead_letters
 from opstwin.telemetry.mqtt import map_payload
 from opstwin.telemetry.tables import telemetry_events
 from opstwin.twins import load_twin_file
+from tests.conftest import Keys, require_service
 
 pytestmark = pytest.mark.mqtt
 

@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.conftest import Keys
-from tests.telemetry.test_ingest import load_twin
 
 from opstwin.policy.rbac import Role
+from tests.conftest import Keys
+from tests.telemetry.test_ingest import load_twin
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 METRICS = ["pressure_mtorr", "rf_w", "temp_c"]

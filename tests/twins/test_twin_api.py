@@ -11,12 +11,12 @@ import httpx
 import jsonpatch
 import pytest
 import yaml
-from tests.conftest import Keys
 from typer.testing import CliRunner
 
 from opstwin.cli import app as cli_app
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
+from tests.conftest import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fab-line.yaml"

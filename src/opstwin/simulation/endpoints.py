@@ -13,8 +13,9 @@ from opstwin.kit.idempotency import request_hash
 from opstwin.policy.deps import RequirePermission, Viewer
 from opstwin.policy.principals import Principal
 from opstwin.policy.rbac import Permission
+from opstwin.services import Services
 from opstwin.simulation.schemas import SimRecommendIn, SimRunIn, SimRunOut, SimRunPage
-from opstwin.simulation.service import Reply
+from opstwin.simulation.service import PreparedRun, Reply
 from opstwin.web import ServicesDep, StrictQueryRoute
 
 router = APIRouter(route_class=StrictQueryRoute)
@@ -55,24 +56,41 @@ async def run_simulation(
     principal: Simulator,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Response:
-    raw = await request.body()
-    limit = services.settings.simulation.max_request_bytes
-    if len(raw) > limit:
-        raise _too_large(limit)
-    if idempotency_key is not None:
-        services.idempotency.check_key(idempotency_key)
+    raw = await _checked_body(request, services, idempotency_key)
     simulation = services.simulation
     if body.model_ref is not None:
         async with services.db.read() as conn:
             prepared = await simulation.prepare(conn, principal.tenant_id, body.model_dump())
     else:
         prepared = await simulation.prepare(None, principal.tenant_id, body.model_dump())
-    reply = await simulation.submit(
+    return await _submit(services, principal, prepared, idempotency_key, "/sim/run", raw)
+
+
+async def _checked_body(request: Request, services: Services, idempotency_key: str | None) -> bytes:
+    """The raw body (for the idempotency hash), within the size limit, with a valid key."""
+    raw = await request.body()
+    limit = services.settings.simulation.max_request_bytes
+    if len(raw) > limit:
+        raise _too_large(limit)
+    if idempotency_key is not None:
+        services.idempotency.check_key(idempotency_key)
+    return raw
+
+
+async def _submit(
+    services: Services,
+    principal: Principal,
+    prepared: PreparedRun,
+    idempotency_key: str | None,
+    path: str,
+    raw: bytes,
+) -> Response:
+    reply = await services.simulation.submit(
         prepared,
         tenant_id=principal.tenant_id,
         principal_id=principal.key_id,
         idempotency_key=idempotency_key,
-        req_hash=request_hash("POST", "/sim/run", raw),
+        req_hash=request_hash("POST", path, raw),
     )
     return _response(reply)
 
@@ -108,25 +126,12 @@ async def recommend_setpoint(
     principal: Simulator,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Response:
-    raw = await request.body()
-    limit = services.settings.simulation.max_request_bytes
-    if len(raw) > limit:
-        raise _too_large(limit)
-    if idempotency_key is not None:
-        services.idempotency.check_key(idempotency_key)
-    simulation = services.simulation
+    raw = await _checked_body(request, services, idempotency_key)
     async with services.db.read() as conn:
-        prepared = await simulation.prepare_recommendation(
+        prepared = await services.simulation.prepare_recommendation(
             conn, principal.tenant_id, body.model_dump(by_alias=True)
         )
-    reply = await simulation.submit(
-        prepared,
-        tenant_id=principal.tenant_id,
-        principal_id=principal.key_id,
-        idempotency_key=idempotency_key,
-        req_hash=request_hash("POST", "/sim/recommend", raw),
-    )
-    return _response(reply)
+    return await _submit(services, principal, prepared, idempotency_key, "/sim/recommend", raw)
 
 
 @router.get(

@@ -22,8 +22,11 @@ from typing import Any, Protocol
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from opstwin.kit import jsonutil
 from opstwin.kit.db import Transaction
+from opstwin.telemetry.detection import anomalies
 from opstwin.telemetry.tables import telemetry_points, telemetry_series
 
 SeriesKey = tuple[str, str, str]  # (twin_id, asset_id, metric)
@@ -215,3 +218,53 @@ async def _asyncpg(tx: Transaction) -> Any:
     if not driver.is_in_transaction():  # SQLAlchemy sends BEGIN with the first statement
         await tx.conn.exec_driver_sql("SELECT 1")
     return driver
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRow:
+    """One anomaly as stored by the detector: the record that opened it and, once it ended, the
+    record that resolved it."""
+
+    anomaly_id: str
+    status: str
+    record: dict[str, Any]
+    resolution: dict[str, Any] | None
+    seq: int
+
+
+async def list_anomalies(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    twin_id: str | None,
+    asset_id: str | None,
+    status: str | None,
+    before_seq: int | None,
+    limit: int,
+) -> tuple[list[AnomalyRow], bool]:
+    """A tenant's anomalies, newest first (by the sequence of their detection), and whether
+    older ones remain."""
+    query = select(anomalies).where(anomalies.c.tenant_id == tenant_id)
+    if twin_id is not None:
+        query = query.where(anomalies.c.twin_id == twin_id)
+    if asset_id is not None:
+        query = query.where(anomalies.c.asset_id == asset_id)
+    if status is not None:
+        query = query.where(anomalies.c.status == status)
+    if before_seq is not None:
+        query = query.where(anomalies.c.seq < before_seq)
+    query = query.order_by(anomalies.c.seq.desc()).limit(limit + 1)
+    rows = (await conn.execute(query)).mappings().all()
+    found = [
+        AnomalyRow(
+            anomaly_id=r["anomaly_id"],
+            status=r["status"],
+            record=jsonutil.loads(r["record"]),
+            resolution=None
+            if r["resolution_record"] is None
+            else jsonutil.loads(r["resolution_record"]),
+            seq=int(r["seq"]),
+        )
+        for r in rows[:limit]
+    ]
+    return found, len(rows) > limit

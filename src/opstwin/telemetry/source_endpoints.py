@@ -6,13 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
-from opstwin.kit import jsonutil
 from opstwin.kit.errors import BadRequest
 from opstwin.policy.deps import Viewer
 from opstwin.telemetry.dead_letters import list_dead_letters
-from opstwin.telemetry.detection import anomalies
+from opstwin.telemetry.repository import list_anomalies
 from opstwin.web import ServicesDep, StrictQueryRoute
 
 router = APIRouter(route_class=StrictQueryRoute)
@@ -95,29 +93,24 @@ async def get_anomalies(
 ) -> AnomalyPage:
     if asset_id is not None and twin_id is None:
         raise BadRequest("asset_id needs twin_id (asset ids are unique within a twin)")
-    query = select(anomalies).where(anomalies.c.tenant_id == principal.tenant_id)
-    if twin_id is not None:
-        query = query.where(anomalies.c.twin_id == twin_id)
-    if asset_id is not None:
-        query = query.where(anomalies.c.asset_id == asset_id)
-    if status is not None:
-        query = query.where(anomalies.c.status == status)
-    if before is not None:
-        query = query.where(anomalies.c.seq < int(before))
-    query = query.order_by(anomalies.c.seq.desc()).limit(limit + 1)
     async with services.db.read() as conn:
-        rows = (await conn.execute(query)).mappings().all()
+        records, more = await list_anomalies(
+            conn,
+            principal.tenant_id,
+            twin_id=twin_id,
+            asset_id=asset_id,
+            status=status,
+            before_seq=None if before is None else int(before),
+            limit=limit,
+        )
     items = [
         AnomalyOut(
-            anomaly_id=r["anomaly_id"],
-            status=r["status"],
-            record=jsonutil.loads(r["record"]),
-            resolution=None
-            if r["resolution_record"] is None
-            else jsonutil.loads(r["resolution_record"]),
-            sequence=f"{int(r['seq']):020d}",
+            anomaly_id=r.anomaly_id,
+            status=r.status,
+            record=r.record,
+            resolution=r.resolution,
+            sequence=f"{r.seq:020d}",
         )
-        for r in rows[:limit]
+        for r in records
     ]
-    more = len(rows) > limit
     return AnomalyPage(items=items, next_before=items[-1].sequence if more else None)

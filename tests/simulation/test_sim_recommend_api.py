@@ -78,6 +78,8 @@ async def fab(client: httpx.AsyncClient, keys: Keys, services: Services) -> None
     await ingest(
         client, keys, services, ETCH, "pressure_mtorr", [10.0 + 0.1 * (i % 5) for i in range(40)]
     )
+    # The chuck sits at its setpoint (no tracking error): the known answers below assume it.
+    await ingest(client, keys, services, ETCH, "temp_c", [OFF_OPTIMUM] * 40)
 
 
 def recommend_body(**overrides: Any) -> dict[str, Any]:
@@ -391,3 +393,24 @@ async def test_metric_inputs_default_to_the_baseline_not_the_points(
     else:  # not yet: the unchanged 422 of a metric input without a learnt spread
         assert response.status_code == 422
         assert "has no distribution yet" in response.json()["errors"][0]["detail"]
+
+
+async def test_a_tracking_error_moves_the_recommendation_by_the_offset(
+    client: httpx.AsyncClient, keys: Keys, services: Services, fab: None
+) -> None:
+    # The chuck reads 3 °C above its setpoint (a heater drift): esc_error = temp_c − esc_temp_sp,
+    # so the yield-best setpoint is 3 °C below the nominal 60 — where the chuck really reaches 60.
+    async with services.db.write() as tx:
+        await services.twins.put(tx, "default", fab_document(60.0))
+    await ingest(client, keys, services, ETCH, "temp_c", [63.0] * 40)
+    body = recommend_body(
+        candidates=[55.0 + i for i in range(11)], inputs_from_telemetry=None, samples=2000
+    )
+    response = await post_recommend(client, keys, body)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    error = record["request"]["model"]["inputs"]["esc_error"]
+    assert error["dist"] == "normal"
+    assert error["mean"] == pytest.approx(3.0)
+    assert record["recommendation"]["current"] == 60.0
+    assert record["recommendation"]["recommended"] == 57.0

@@ -290,6 +290,15 @@ def _check_input_reference(
     if isinstance(source, MetricInput):
         if source.metric not in asset.metrics:
             return [_unknown("metric", source.metric, f"{at}/metric", f"asset {asset.id!r}")]
+        if source.minus_setpoint is not None and source.minus_setpoint not in asset.setpoints:
+            return [
+                _unknown(
+                    "setpoint",
+                    source.minus_setpoint,
+                    f"{at}/minus_setpoint",
+                    f"asset {asset.id!r}",
+                )
+            ]
     elif source.setpoint not in asset.setpoints:
         return [_unknown("setpoint", source.setpoint, f"{at}/setpoint", f"asset {asset.id!r}")]
     return []

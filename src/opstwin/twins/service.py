@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from opstwin.aiw.changelog import ChangeLog
 from opstwin.kit.clock import rfc3339
 from opstwin.kit.errors import NotFound
+from opstwin.twins.desired import desired_values, with_desired
 from opstwin.twins.model import AssetSpec
 from opstwin.twins.registry import Twin, TwinRegistry, twin_json
 from opstwin.twins.state import ReportedMetric, desired_state, reported_state
@@ -71,7 +72,8 @@ async def twin_snapshot(
     """
     twin = await registry.get(conn, tenant_id, twin_id)
     reported = await reported_state(conn, tenant_id, twin_id)
-    declared = {a.id: a for a in twin.spec.assets}
+    current = with_desired(twin.spec, await desired_values(conn, tenant_id, twin_id))
+    declared = {a.id: a for a in current.assets}
     asset_ids = list(declared) + sorted(set(reported) - set(declared))
     return {
         **_summary(twin),
@@ -93,7 +95,8 @@ async def asset_snapshot(
 ) -> dict[str, Any]:
     """One asset of a twin: its model, reported and desired state, and the cursor."""
     twin = await registry.get(conn, tenant_id, twin_id)
-    spec = twin.spec.asset(asset_id)
+    current = with_desired(twin.spec, await desired_values(conn, tenant_id, twin_id))
+    spec = current.asset(asset_id)
     reported = (await reported_state(conn, tenant_id, twin_id, asset_id)).get(asset_id)
     if spec is None and reported is None:
         raise NotFound(f"twin {twin_id!r} has no asset {asset_id!r}")

@@ -48,3 +48,18 @@ asset_state = Table(
     Column("baseline_at_us", BigInteger, nullable=True),
     PrimaryKeyConstraint("tenant_id", "twin_id", "asset_id", "metric"),
 )
+
+#: Desired state: the value each setpoint was last written to by an action (the twin model's
+#: ``current``/``default`` until then).
+setpoint_state = Table(
+    "setpoint_state",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("twin_id", String(64), nullable=False),
+    Column("asset_id", String(64), nullable=False),
+    Column("setpoint", String(64), nullable=False),
+    Column("value", Double, nullable=False),
+    Column("action_id", String(40), nullable=True),
+    Column("updated_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "twin_id", "asset_id", "setpoint"),
+)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from opstwin.kit.errors import FieldError, ValidationFailed
 from opstwin.simulation.distributions import escape_pointer
 from opstwin.simulation.service.requests import limit_error
+from opstwin.twins.desired import desired_values, with_desired
 from opstwin.twins.model import MetricInput, SetpointInput, TwinSpec
 from opstwin.twins.state import reported_state
 
@@ -120,8 +121,9 @@ class TwinModelSource:
         self._telemetry = telemetry
 
     async def twin(self, conn: AsyncConnection, tenant_id: str, twin_id: str) -> TwinSpec:
-        """The twin model (404 when the tenant has no such twin)."""
-        return (await self._registry.get(conn, tenant_id, twin_id)).spec
+        """The twin model with its desired setpoint values (404 when the tenant has none)."""
+        spec = (await self._registry.get(conn, tenant_id, twin_id)).spec
+        return with_desired(spec, await desired_values(conn, tenant_id, twin_id))
 
     async def inline_model(
         self,
@@ -131,10 +133,10 @@ class TwinModelSource:
         process_model: str,
         empirical: EmpiricalPlan | None = None,
     ) -> dict[str, Any]:
-        twin = await self._registry.get(conn, tenant_id, twin_id)
+        twin_spec = await self.twin(conn, tenant_id, twin_id)
         if empirical is not None and empirical.per_input is not None:
             spec_inputs = next(
-                (pm.inputs for pm in twin.spec.process_models if pm.id == process_model), {}
+                (pm.inputs for pm in twin_spec.process_models if pm.id == process_model), {}
             )
             for name in empirical.per_input:
                 if spec_inputs and not isinstance(spec_inputs.get(name), MetricInput):
@@ -143,9 +145,9 @@ class TwinModelSource:
                         f"{name!r} is not a metric input of process model {process_model!r}; "
                         "only inputs bound to a metric can be sampled from telemetry",
                     )
-        spec = next((pm for pm in twin.spec.process_models if pm.id == process_model), None)
+        spec = next((pm for pm in twin_spec.process_models if pm.id == process_model), None)
         if spec is None:
-            known = ", ".join(pm.id for pm in twin.spec.process_models) or "none"
+            known = ", ".join(pm.id for pm in twin_spec.process_models) or "none"
             raise limit_error(
                 _POINTER,
                 f"twin {twin_id!r} has no process model {process_model!r} (it has: {known})",
@@ -154,7 +156,7 @@ class TwinModelSource:
         inputs: dict[str, Any] = {}
         for name, source in spec.inputs.items():
             if isinstance(source, SetpointInput):
-                asset = twin.spec.asset(source.asset)
+                asset = twin_spec.asset(source.asset)
                 setpoint = asset.setpoints.get(source.setpoint) if asset else None
                 if setpoint is None:  # the loader checks references; guard anyway
                     raise limit_error(
@@ -175,6 +177,11 @@ class TwinModelSource:
                 inputs[name] = await self._empirical(
                     conn, tenant_id, twin_id, name, source, window, empirical
                 )
+                offset = _tracked_setpoint(twin_spec, name, source)
+                if offset is not None:
+                    inputs[name]["observations"] = [
+                        v - offset for v in inputs[name]["observations"]
+                    ]
             elif isinstance(source, MetricInput):
                 if reported is None:
                     reported = await reported_state(conn, tenant_id, twin_id)
@@ -193,6 +200,12 @@ class TwinModelSource:
                         f"metric {where} has no learnt baseline spread; give the input a 'std' "
                         "in the twin model, or wait for the anomaly detector's baseline",
                     )
+                offset = _tracked_setpoint(twin_spec, name, source)
+                if offset is not None:
+                    # The tracking error now: the latest reading, not the baseline (which
+                    # lags a drift by design), minus the setpoint's desired value.
+                    inputs[name] = {"dist": "normal", "mean": state.value - offset, "std": std}
+                    continue
                 mean = state.baseline_mean if state.baseline_mean is not None else state.value
                 inputs[name] = {"dist": "normal", "mean": mean, "std": std}
             else:
@@ -248,6 +261,20 @@ class TwinModelSource:
             )
         values.reverse()  # oldest first: the stored request reads in time order
         return {"dist": "empirical", "observations": values}
+
+
+def _tracked_setpoint(twin: TwinSpec, name: str, source: MetricInput) -> float | None:
+    """The desired value of a ``minus_setpoint`` input's setpoint (None: not such an input)."""
+    if source.minus_setpoint is None:
+        return None
+    asset = twin.asset(source.asset)
+    setpoint = asset.setpoints.get(source.minus_setpoint) if asset else None
+    if setpoint is None:  # the loader checks references; guard anyway
+        raise limit_error(
+            _POINTER,
+            f"input {name!r}: setpoint {source.asset}/{source.minus_setpoint} is not declared",
+        )
+    return setpoint.current if setpoint.current is not None else setpoint.default
 
 
 def _no_distribution_yet(name: str, why: str) -> ValidationFailed:

@@ -116,14 +116,28 @@ def test_decision_routes_the_scored_proposal(
     assert proposal.content_hash == content_hash(proposal.content or {})
 
 
-def test_full_happy_path_with_human_approval(
-    workflow: ApprovalWorkflow, clock: ManualClock
+def test_a_delegated_human_approval_is_executed_by_the_platform(
+    workflow: ApprovalWorkflow,
 ) -> None:
     proposal = scored(workflow, "require_approval")
     proposal = workflow.approve(proposal, SUPERVISOR, proposal.content_hash or "").proposal
     assert proposal.approval is not None
+    assert proposal.approval.executed_by == "platform"
+    started = workflow.apply(proposal, "start_execution", Actor.system("default")).proposal
+    assert started.state == "executing"
+
+
+def test_full_happy_path_with_human_approval(
+    workflow: ApprovalWorkflow, clock: ManualClock
+) -> None:
+    proposal = scored(workflow, "require_approval")
+    proposal = workflow.approve(
+        proposal, SUPERVISOR, proposal.content_hash or "", delegate=False
+    ).proposal
+    assert proposal.approval is not None
     assert proposal.approval.kind == "human"
-    with pytest.raises(PermissionDenied):  # the platform only executes automatic approvals
+    assert proposal.approval.executed_by == "executor"
+    with pytest.raises(PermissionDenied):  # not delegated: only an executor may start it
         workflow.apply(proposal, "start_execution", Actor.system("default"))
     proposal = workflow.apply(proposal, "start_execution", EXECUTOR).proposal
     proposal = workflow.apply(proposal, "begin_verification", Actor.system("default")).proposal

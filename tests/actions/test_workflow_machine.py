@@ -110,6 +110,8 @@ class WorkflowMachine(RuleBasedStateMachine):
         else:
             assert approval.role in ("supervisor", "admin")
             assert approval.by != PROPOSER.principal_id
+        if after.transitions[-1].actor.role == "system":  # the platform runs delegated ones only
+            assert approval.executed_by == "platform"
         assert before.approval_expires_at is not None
         assert self.clock.now() < before.approval_expires_at  # expired approvals never execute
 

@@ -117,11 +117,15 @@ def _approval_bound_to_content_hash(proposal: Proposal, ctx: EventContext) -> Op
     return None
 
 
-def _system_executes_only_auto_approvals(
+def _platform_executes_only_delegated_approvals(
     proposal: Proposal, ctx: EventContext
 ) -> OpsTwinError | None:
-    if ctx.actor.role == SYSTEM and (proposal.approval is None or proposal.approval.kind != "auto"):
-        return PermissionDenied("a human approval is executed by an executor, not the platform")
+    approval = proposal.approval
+    if ctx.actor.role == SYSTEM and (approval is None or approval.executed_by != "platform"):
+        return PermissionDenied(
+            "this approval is executed by an executor, not the platform "
+            "(the approver did not delegate execution)"
+        )
     return None
 
 
@@ -149,7 +153,7 @@ CONDITIONS: dict[str, Condition] = {
     "approval_expired": _approval_expired,
     "reason_given": _reason_given,
     "approval_bound_to_content_hash": _approval_bound_to_content_hash,
-    "system_executes_only_auto_approvals": _system_executes_only_auto_approvals,
+    "platform_executes_only_delegated_approvals": _platform_executes_only_delegated_approvals,
     "within_rollback_window": _within_rollback_window,
 }
 """Every condition a rule may name (explicit registry)."""

@@ -118,8 +118,14 @@ class ApprovalWorkflow:
             proposal, DECISION_EVENTS[proposal.outcome], Actor.system(proposal.tenant_id)
         )
 
-    def approve(self, proposal: Proposal, actor: Actor, content_hash: str) -> Transition:
-        return self.apply(proposal, "approve", actor, content_hash=content_hash)
+    def approve(
+        self, proposal: Proposal, actor: Actor, content_hash: str, *, delegate: bool = True
+    ) -> Transition:
+        """Approve the content the approver saw; ``delegate`` lets the platform execute it
+        (else an executor must ask for the execution)."""
+        return self.apply(
+            proposal, "approve", actor, content_hash=content_hash, delegate_execution=delegate
+        )
 
     def reject(self, proposal: Proposal, actor: Actor, reason: str) -> Transition:
         return self.apply(proposal, "reject", actor, reason=reason)
@@ -139,6 +145,7 @@ class ApprovalWorkflow:
         outcome: Outcome | None = None,
         approval_expires_at: datetime | None = None,
         rollback_window_s: float | None = None,
+        delegate_execution: bool = True,
     ) -> Transition:
         """Fire ``event``: the new proposal and its transition record, or a domain error."""
         rule = RULES.get((proposal.state, event))
@@ -174,6 +181,7 @@ class ApprovalWorkflow:
             outcome=outcome,
             approval_expires_at=approval_expires_at,
             rollback_window_s=rollback_window_s,
+            delegate_execution=delegate_execution,
         )
         record = TransitionRecord(
             proposal_id=proposal.proposal_id,
@@ -200,6 +208,7 @@ class ApprovalWorkflow:
         outcome: Outcome | None,
         approval_expires_at: datetime | None,
         rollback_window_s: float | None,
+        delegate_execution: bool = True,
     ) -> Proposal:
         """What a transition changes besides the state."""
         at = ctx.at
@@ -216,7 +225,12 @@ class ApprovalWorkflow:
         if rule.event in ("auto_approve", "approve") and proposal.content_hash is not None:
             kind: Literal["auto", "human"] = "auto" if rule.event == "auto_approve" else "human"
             approval = Approval(
-                kind, ctx.actor.principal_id, ctx.actor.role, at, proposal.content_hash
+                kind,
+                ctx.actor.principal_id,
+                ctx.actor.role,
+                at,
+                proposal.content_hash,
+                "platform" if kind == "auto" or delegate_execution else "executor",
             )
             return replace(proposal, approval=approval)
         if rule.event == "start_execution" and proposal.approval is not None:

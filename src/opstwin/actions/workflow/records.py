@@ -74,6 +74,9 @@ class Approval:
     role: str
     at: datetime
     content_hash: str
+    executed_by: Literal["platform", "executor"] = "platform"
+    """Who starts the execution: the platform (always for ``auto``; for ``human`` when the
+    approver delegated it) or an executor's explicit request."""
 
     def to_dict(self) -> dict[str, Any]:
         return _field_document(self)

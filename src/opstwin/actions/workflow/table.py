@@ -56,7 +56,7 @@ TRANSITIONS: tuple[Rule, ...] = (
         _EXECUTORS | _SYSTEM,
         (
             "approval_bound_to_content_hash",
-            "system_executes_only_auto_approvals",
+            "platform_executes_only_delegated_approvals",
             "before_approval_expiry",
         ),
     ),

@@ -7,7 +7,16 @@ import importlib
 import time
 
 # Explicit list, in the order they run; each module has ``run() -> None``.
-BENCHMARKS = ["changelog", "fanout", "simulation", "anomaly", "audit", "ingest", "mqtt"]
+BENCHMARKS = [
+    "changelog",
+    "fanout",
+    "simulation",
+    "anomaly",
+    "audit",
+    "ingest",
+    "mqtt",
+    "decision",
+]
 
 
 def main() -> None:

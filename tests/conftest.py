@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from opstwin.app import create_app
-from opstwin.config import DatabaseSettings, FeedSettings, Settings
+from opstwin.config import AutomationSettings, DatabaseSettings, FeedSettings, Settings
 from opstwin.policy.principals import IssuedKey
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
@@ -75,7 +75,14 @@ def make_settings(
         else DatabaseSettings()
     )
     feed_settings = FeedSettings.model_validate({"poll_interval_s": 0.05, **feed})
-    return Settings(env="test", data_dir=data_dir, database=database, feed=feed_settings)
+    # The automation loop proposes fixes for anomalies; tests of the loop turn it on.
+    return Settings(
+        env="test",
+        data_dir=data_dir,
+        database=database,
+        feed=feed_settings,
+        automation=AutomationSettings(enabled=False),
+    )
 
 
 @pytest.fixture

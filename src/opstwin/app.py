@@ -15,8 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opstwin import __version__
+from opstwin.actions import endpoints as action_endpoints
 from opstwin.aiw import endpoints as aiw_endpoints
 from opstwin.aiw.manifest import ResourceType
+from opstwin.audit import endpoints as audit_endpoints
 from opstwin.config import Settings
 from opstwin.dashboard.endpoints import mount_dashboard
 from opstwin.kit.clock import Clock, SystemClock
@@ -24,6 +26,7 @@ from opstwin.kit.errors import OpsTwinError
 from opstwin.kit.ids import IdSource, UlidSource
 from opstwin.ops import endpoints as ops_endpoints
 from opstwin.policy import endpoints as policy_endpoints
+from opstwin.policy import policy_endpoints as action_policy_endpoints
 from opstwin.services import Services, build_services
 from opstwin.simulation import endpoints as simulation_endpoints
 from opstwin.telemetry import endpoints as telemetry_endpoints
@@ -81,6 +84,13 @@ def create_app(
             await services.detection.start()
         if services.mqtt is not None:
             await services.mqtt.start()
+        if services.plant is not None:
+            await services.plant.start()
+        await services.actuators.start()
+        if services.executor is not None:
+            await services.executor.start()
+        if services.automation is not None:
+            await services.automation.start()
         maintenance = asyncio.create_task(_maintenance(services), name="opstwin-maintenance")
         # Everything built so far (app, routes, schemas, engines) lives as long as the process:
         # move it out of the collector's reach so full collections stay short (tail latency).
@@ -93,6 +103,13 @@ def create_app(
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+            if services.automation is not None:
+                await services.automation.stop()
+            if services.executor is not None:
+                await services.executor.stop()
+            await services.actuators.stop()
+            if services.plant is not None:
+                await services.plant.stop()
             if services.mqtt is not None:
                 await services.mqtt.stop()
             if services.detection is not None:
@@ -123,6 +140,9 @@ def create_app(
         telemetry_endpoints.router,
         telemetry_source_endpoints.router,
         simulation_endpoints.router,
+        audit_endpoints.router,
+        action_endpoints.router,
+        action_policy_endpoints.router,
     ]
     for router in app.state.api_routers:
         app.include_router(router)
@@ -173,6 +193,57 @@ def create_app(
             collection="/anomalies",
             description="Anomalies the streaming detector opened on a (twin, asset, metric) series, with the record that resolved each; the detector consumes opstwin.telemetry.appended from the change log.",
             event_types=("opstwin.anomaly.detected", "opstwin.anomaly.resolved"),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="policy",
+            schema="policy.v1",
+            collection="/policy",
+            description="The tenant's action policy in force (confidence weights, decision bands, windows, overrides) with its version; every version is kept (GET /policy/versions); admins replace it with PUT /policy.",
+            event_types=("opstwin.policy.updated",),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="audit",
+            schema="audit.v1",
+            collection="/audit",
+            description="The tenant's tamper-evident audit chain: one hash-chained record per decision and transition (who, role, what, input hashes, policy version, decision, outcome); GET /audit/verify names the first altered, removed or reordered record. Supervisors and admins.",
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="proposal",
+            schema="proposal.v1",
+            collection="/proposals",
+            description="Proposed setpoint changes and their way through the approval workflow: evidence (anomaly, simulation, telemetry quality, history, votes), confidence, the decision with every guard, approvals bound to the content hash, execution, verification and rollback. One event per transition (opstwin.proposal.<state>, data proposal.v1).",
+            event_types=tuple(
+                f"opstwin.proposal.{state}"
+                for state in (
+                    "proposed",
+                    "scored",
+                    "approved",
+                    "awaiting_approval",
+                    "needs_analysis",
+                    "rejected",
+                    "expired",
+                    "executing",
+                    "verifying",
+                    "succeeded",
+                    "rolled_back",
+                    "failed",
+                    "vote",
+                )
+            ),
+        )
+    )
+    services.manifest.add_resource(
+        ResourceType(
+            name="action",
+            schema="action.v1",
+            collection="/actions",
+            description="Executions of approved proposals: before-value read back, the absolute writes (ramp steps) with their read-backs, verification checks, rollback.",
         )
     )
     return app

@@ -14,10 +14,11 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 import uvicorn
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opstwin import __version__
+from opstwin import __version__, cli_api
 from opstwin.config import Settings
 from opstwin.kit import jsonutil
 from opstwin.kit.clock import SystemClock
@@ -35,6 +36,13 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(changelog_app, name="changelog")
 twins_app = typer.Typer(help="Twin models (twin.v1).", no_args_is_help=True)
 app.add_typer(twins_app, name="twins")
+audit_app = typer.Typer(help="The audit chain (audit.v1).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+policy_app = typer.Typer(help="Action policies (policy.v1).", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(cli_api.proposals_app, name="proposals")
+app.add_typer(cli_api.sim_app, name="sim")
+app.command("status")(cli_api.status)
 
 out = Console()
 err = Console(stderr=True)
@@ -324,7 +332,9 @@ def twins_load(
         out.print(f"twin {twin_id} (tenant {tenant}): version {version}, {state}")
 
 
-DEMO_KEYS_FILE = "demo-keys.json"
+DEMO_KEYS_FILE = cli_api.DEMO_KEYS_FILE
+DEMO_TWIN_FILE = Path("examples/fab-line.yaml")
+DEMO_POLICY_FILE = Path("examples/demo-policy.yaml")
 
 
 def _demo_keys(settings: Settings) -> dict[str, str]:
@@ -350,13 +360,71 @@ def _demo_keys(settings: Settings) -> dict[str, str]:
     return tokens
 
 
+def _demo_setup(settings: Settings, twin_file: Path, policy_file: Path) -> list[str]:
+    """Load the example twin and the demo policy unless the database has them already."""
+    from opstwin.twins.loader import load_twin_file
+
+    document = load_twin_file(twin_file)
+    policy_document = yaml.safe_load(policy_file.read_text())
+
+    async def work(db: Any) -> list[str]:
+        from opstwin.aiw.changelog import ChangeLog
+        from opstwin.aiw.schema_registry import SchemaRegistry
+        from opstwin.audit.store import AuditLog
+        from opstwin.kit.ids import UlidSource
+        from opstwin.policy.principals import Principal
+        from opstwin.policy.store import PolicyStore
+        from opstwin.twins.registry import TwinRegistry
+
+        clock = SystemClock()
+        ids = UlidSource(clock)
+        schemas = SchemaRegistry.from_package()
+        changelog = ChangeLog(db, schemas, clock, ids)
+        await changelog.load()
+        registry = TwinRegistry(changelog, schemas, clock)
+        policies = PolicyStore(changelog, AuditLog(schemas, clock), schemas, clock, ids)
+        done: list[str] = []
+        async with db.write() as tx:
+            present = {t.id for t in await registry.list(tx.conn, DEFAULT_TENANT)}
+            if not {t.id for t in document.twins} <= present:
+                await registry.put(tx, DEFAULT_TENANT, document)
+                done.append(f"loaded twin model {twin_file}")
+            if (await policies.current(tx.conn, DEFAULT_TENANT)).builtin:
+                admin = Principal(
+                    key_id="demo", name="opstwin demo", tenant_id=DEFAULT_TENANT, role=Role.admin
+                )
+                await policies.put(tx, DEFAULT_TENANT, policy_document, admin)
+                done.append(f"stored policy {policy_file}")
+        return done
+
+    return _run(settings, work)
+
+
 @app.command()
 def demo(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    twin_file: Annotated[Path, typer.Option(help="Twin model to simulate.")] = DEMO_TWIN_FILE,
+    policy_file: Annotated[
+        Path, typer.Option(help="Policy stored when the tenant has none.")
+    ] = DEMO_POLICY_FILE,
 ) -> None:
-    """Start the platform on its embedded defaults with one key per role."""
+    """The whole loop on the embedded defaults: the example fab twin, a simulated plant with a
+    drift fault every few tens of seconds, the automation loop, the server; one key per role.
+
+    Runs again from the stored state (keys, setpoints, history). ``OPSTWIN_DATABASE_URL`` and
+    ``OPSTWIN_MQTT_URL`` move the same demo to PostgreSQL and a broker.
+    """
     settings = _settings()
+    plant = settings.plant.model_copy(
+        update={
+            "enabled": True,
+            "transport": "mqtt" if settings.mqtt.url is not None else "in_process",
+        }
+    )
+    settings = settings.model_copy(update={"plant": plant})
+    for note in _demo_setup(settings, twin_file, policy_file):
+        out.print(note)
     tokens = _demo_keys(settings)
     base = f"http://{host}:{port}"
     out.rule("OpsTwin demo")
@@ -367,6 +435,10 @@ def demo(
     out.print(f"manifest   {base}/.well-known/aiw-manifest.json")
     out.print(f"feed       {base}/diff   {base}/subscribe")
     out.print(f"database   {settings.database_url}")
+    out.print(
+        f"plant      {settings.plant.twin_id}, {plant.transport}, a drift fault every "
+        f"{settings.plant.fault_interval_s:g} s"
+    )
     out.print(f"keys       (also in {settings.data_dir / DEMO_KEYS_FILE})")
     for role, token in tokens.items():
         out.print(f"  {role:<11}{token}", highlight=False, soft_wrap=True)
@@ -375,8 +447,122 @@ def demo(
         highlight=False,
         soft_wrap=True,
     )
+    out.print(
+        "           opstwin status      opstwin proposals list      opstwin tail "
+        f"--key {tokens['viewer']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print("approve    opstwin proposals approve <proposal_id>   (a supervisor's key)")
     out.rule()
     _serve(settings, host, port)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    tenant: Annotated[str, typer.Option(help="Tenant whose chain to verify.")] = DEFAULT_TENANT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Verify a tenant's audit chain in the database: exit 0 when intact, 1 when broken (the
+    first bad record is printed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from opstwin.audit.chain import SealedRecord, Verification
+
+    settings = _settings()
+
+    async def work(db: Any) -> tuple[Verification, SealedRecord | None]:
+        from opstwin.aiw.schema_registry import SchemaRegistry
+        from opstwin.audit.store import AuditLog
+
+        audit = AuditLog(SchemaRegistry.from_package(), SystemClock())
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task(f"verifying {tenant}", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async with db.snapshot() as conn:
+                result = await audit.verify(conn, tenant, progress=progress)
+                found = result.first_break
+                bad = None if found is None else await audit.record(conn, tenant, found.seq)
+        return result, bad
+
+    result, bad = _run(settings, work)
+    stored = None
+    if bad is not None:
+        stored = {
+            "seq": bad.seq,
+            "prev_hash": bad.prev_hash,
+            "hash": bad.hash,
+            "body": bad.body.decode("utf-8", errors="replace"),
+        }
+    if as_json:
+        out.print_json(json.dumps({"tenant_id": tenant, **result.to_dict(), "record": stored}))
+    elif result.first_break is None:
+        out.print(
+            f"audit chain of tenant {tenant} intact: {result.checked} records, "
+            f"head {result.head.seq} {result.head.hash}",
+            highlight=False,
+        )
+    else:
+        found = result.first_break
+        out.print(
+            f"[red]audit chain of tenant {tenant} is broken[/red]: {found.kind} — {found.detail}",
+            highlight=False,
+        )
+        out.print(
+            f"records 1…{result.head.seq} verify; the first bad record is {found.seq}",
+            highlight=False,
+        )
+        if stored is not None:
+            out.print(f"record {found.seq} as stored:", highlight=False)
+            out.print(
+                json.dumps(stored, indent=2, ensure_ascii=False), highlight=False, markup=False
+            )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@policy_app.command("show")
+def policy_show(
+    tenant: Annotated[str, typer.Option(help="Tenant whose policy to show.")] = DEFAULT_TENANT,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="This version (default: the one in force).")
+    ] = None,
+) -> None:
+    """Print a tenant's action policy (policy.v1) with its version, as JSON."""
+    settings = _settings()
+
+    async def work(db: Any) -> dict[str, Any]:
+        from opstwin.aiw.changelog import ChangeLog
+        from opstwin.aiw.schema_registry import SchemaRegistry
+        from opstwin.audit.store import AuditLog
+        from opstwin.kit.ids import UlidSource
+        from opstwin.policy.store import PolicyStore
+
+        clock = SystemClock()
+        schemas = SchemaRegistry.from_package()
+        ids = UlidSource(clock)
+        changelog = ChangeLog(db, schemas, clock, ids)
+        store = PolicyStore(changelog, AuditLog(schemas, clock), schemas, clock, ids)
+        async with db.read() as conn:
+            stored = (
+                await store.current(conn, tenant)
+                if version is None
+                else await store.get(conn, tenant, version)
+            )
+        return {
+            "tenant_id": tenant,
+            "version": stored.version,
+            "builtin": stored.builtin,
+            "created_by": stored.created_by,
+            "created_at": None if stored.created_at is None else stored.created_at.isoformat(),
+            "policy": stored.document(),
+        }
+
+    out.print_json(json.dumps(_run(settings, work)))
 
 
 def main() -> None:

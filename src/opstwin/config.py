@@ -292,6 +292,105 @@ class TelemetrySettings(BaseModel):
         return self
 
 
+class ActionSettings(BaseModel):
+    """Proposals, their execution on the assets, verification and rollback."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the executor (executes approved proposals, verifies, rolls back, "
+        "expires stale approvals) in this process.",
+    )
+    evidence_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Telemetry window before a proposal whose quality scores the "
+        "data-quality component.",
+    )
+    sim_samples: int = Field(
+        default=4000,
+        ge=100,
+        description="Samples per candidate when a proposal without `sim_id` runs its own "
+        "simulation.",
+    )
+    page_size_default: int = Field(default=50, ge=1, description="`GET /proposals` page size.")
+    page_size_max: int = Field(default=500, ge=1, description="Largest `limit` accepted.")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the executor looks for work it was not told of."
+    )
+    write_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for an actuator's write and read-back."
+    )
+    reconcile_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Read-backs (and same-key rewrites) before an undetermined write fails.",
+    )
+    ramp_write_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Spacing of the intermediate absolute writes that keep a setpoint change "
+        "within its ramp rate.",
+    )
+    readback_tolerance: float = Field(
+        default=1e-6,
+        ge=0,
+        description="Relative tolerance (of the setpoint's bounds width) between a value "
+        "written and the value read back.",
+    )
+    settle_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Share of the verification window left for the asset to settle; only "
+        "telemetry after it is judged.",
+    )
+
+
+class AutomationSettings(BaseModel):
+    """The automation loop: anomaly → simulation → proposal, by the twin's playbooks."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the loop in this process (it needs detection; one process per "
+        "database should run it).",
+    )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the loop looks for anomalies and tasks."
+    )
+
+
+class PlantSettings(BaseModel):
+    """The simulated plant (the demo's, and end-to-end tests'): a twin of the registry run as
+    physics, its telemetry ingested and its setpoints written by the executor."""
+
+    enabled: bool = Field(default=False, description="Run a simulated plant in this process.")
+    twin_id: str = Field(default="fab_line_3", description="Twin (of the registry) to simulate.")
+    tenant_id: str = Field(default="default", description="Tenant the twin belongs to.")
+    transport: Literal["in_process", "mqtt"] = Field(
+        default="in_process",
+        description="in_process: telemetry goes straight to ingest and writes to the plant; "
+        "mqtt: through the broker at OPSTWIN_MQTT_URL (telemetry topics, command topics with "
+        "read-back), exactly as a real device.",
+    )
+    tick_s: float = Field(default=0.5, gt=0, description="Physics step and publishing period.")
+    time_constant_s: float = Field(
+        default=5.0, gt=0, description="First-order time constant of every process value."
+    )
+    max_sampling_period_s: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="Sample metrics at least this often (the example's inspection metrics are "
+        "declared at 300 s); unset: as declared.",
+    )
+    seed: int | None = Field(default=None, description="Noise seed (unset: random).")
+    fault_interval_s: float | None = Field(
+        default=45.0,
+        gt=0,
+        description="Inject the next drift fault of the rotation this often (the first after "
+        "one interval); unset: no faults.",
+    )
+
+
 class Settings(BaseSettings):
     """Root settings object; built once by the CLI or a test and passed into ``create_app``."""
 
@@ -323,6 +422,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     simulation: SimulationSettings = Field(default_factory=SimulationSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    actions: ActionSettings = Field(default_factory=ActionSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    plant: PlantSettings = Field(default_factory=PlantSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

@@ -12,6 +12,7 @@ import pytest
 from opstwin.policy.principals import IssuedKey
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
+from tests.actions import role_cases as proposal_cases
 from tests.conftest import Keys
 
 ROLES = [None, *Role]
@@ -25,6 +26,7 @@ class Case:
     minimum: Role | None  # None: public
     ok: int  # status for an allowed caller
     call: Callable[[httpx.AsyncClient, dict[str, str], Services, Keys], Awaitable[httpx.Response]]
+    roles: frozenset[Role] | None = None  # allowed roles when not "minimum and above"
 
 
 async def _revoke_fresh(
@@ -237,11 +239,78 @@ async def _recommend(
 # Setpoint recommendations (issue 4).
 CASES += [Case("POST", "/sim/recommend", Role.agent, 201, _recommend)]
 
+# Proposals and actions (issue 5): every call works on a proposal of its own.
+CASES += [
+    Case("POST", "/proposals", Role.agent, 201, proposal_cases.create),
+    Case("GET", "/proposals", Role.viewer, 200, lambda c, h, s, k: c.get("/proposals", headers=h)),
+    Case("GET", "/proposals/{proposal_id}", Role.viewer, 200, proposal_cases.get_one),
+    Case("POST", "/proposals/{proposal_id}/votes", Role.agent, 201, proposal_cases.vote),
+    Case("POST", "/proposals/{proposal_id}/rescore", Role.agent, 200, proposal_cases.rescore),
+    Case("POST", "/proposals/{proposal_id}/approve", Role.supervisor, 200, proposal_cases.approve),
+    Case("POST", "/proposals/{proposal_id}/reject", Role.supervisor, 200, proposal_cases.reject),
+    Case("POST", "/proposals/{proposal_id}/execute", Role.executor, 202, proposal_cases.execute),
+    # Allowed callers reach the workflow, which refuses a proposal that has not succeeded.
+    Case(
+        "POST",
+        "/proposals/{proposal_id}/rollback",
+        Role.executor,
+        409,
+        proposal_cases.rollback,
+        roles=frozenset({Role.executor, Role.supervisor, Role.admin}),
+    ),
+    Case("GET", "/actions", Role.viewer, 200, lambda c, h, s, k: c.get("/actions", headers=h)),
+    Case(
+        "PUT",
+        "/twins/{twin_id}/assets/{asset_id}/control",
+        Role.supervisor,
+        200,
+        proposal_cases.control,
+    ),
+]
+
+# The audit chain and the versioned action policy (issue 5).
+CASES += [
+    Case("GET", "/audit", Role.supervisor, 200, lambda c, h, s, k: c.get("/audit", headers=h)),
+    Case(
+        "GET",
+        "/audit/verify",
+        Role.supervisor,
+        200,
+        lambda c, h, s, k: c.get("/audit/verify", headers=h),
+    ),
+    Case("GET", "/policy", Role.viewer, 200, lambda c, h, s, k: c.get("/policy", headers=h)),
+    Case(
+        "GET",
+        "/policy/versions",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: c.get("/policy/versions", headers=h),
+    ),
+    Case(
+        "GET",
+        "/policy/versions/{version}",
+        Role.viewer,
+        200,
+        lambda c, h, s, k: c.get("/policy/versions/1", headers=h),
+    ),
+    # No `version` in the body: each allowed call stores the next version.
+    Case(
+        "PUT", "/policy", Role.admin, 200, lambda c, h, s, k: c.put("/policy", json={}, headers=h)
+    ),
+]
+
 ALLOWED: dict[Role, set[Role]] = {  # minimum role → roles that satisfy it
     Role.viewer: set(Role),
     Role.agent: {Role.agent, Role.executor, Role.supervisor, Role.admin},
+    Role.executor: {Role.executor, Role.admin},
+    Role.supervisor: {Role.supervisor, Role.admin},
     Role.admin: {Role.admin},
 }
+
+
+def allowed(case: Case) -> set[Role]:
+    assert case.minimum is not None
+    return set(case.roles) if case.roles is not None else ALLOWED[case.minimum]
 
 
 def expected(case: Case, role: Role | None) -> int:
@@ -249,7 +318,7 @@ def expected(case: Case, role: Role | None) -> int:
         return case.ok
     if role is None:
         return 401
-    return case.ok if role in ALLOWED[case.minimum] else 403
+    return case.ok if role in allowed(case) else 403
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method} {c.path}")
@@ -277,7 +346,7 @@ async def test_matrix_covers_every_endpoint_and_agrees_with_the_manifest(
         entry = published[key]
         assert entry["public"] is (case.minimum is None)
         if case.minimum is not None:
-            assert set(entry["roles"]) == {r.value for r in ALLOWED[case.minimum]}
+            assert set(entry["roles"]) == {r.value for r in allowed(case)}
 
 
 async def test_bad_and_revoked_and_expired_keys_are_401(

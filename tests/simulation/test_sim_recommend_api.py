@@ -396,12 +396,17 @@ async def test_metric_inputs_default_to_the_baseline_not_the_points(
 
 
 async def test_a_tracking_error_moves_the_recommendation_by_the_offset(
-    client: httpx.AsyncClient, keys: Keys, services: Services, fab: None
+    client: httpx.AsyncClient, keys: Keys, services: Services
 ) -> None:
     # The chuck reads 3 °C above its setpoint (a heater drift): esc_error = temp_c − esc_temp_sp,
     # so the yield-best setpoint is 3 °C below the nominal 60 — where the chuck really reaches 60.
+    document = fab_document(60.0)
+    (twin,) = document["twins"]
+    model = next(m for m in twin["process_models"] if m["id"] == "etch_yield_model")
+    model["inputs"]["pressure"]["std"] = 0.3  # no learnt baseline needed
     async with services.db.write() as tx:
-        await services.twins.put(tx, "default", fab_document(60.0))
+        await services.twins.put(tx, "default", document)
+    await ingest(client, keys, services, ETCH, "pressure_mtorr", [10.0] * 5)
     await ingest(client, keys, services, ETCH, "temp_c", [63.0] * 40)
     body = recommend_body(
         candidates=[55.0 + i for i in range(11)], inputs_from_telemetry=None, samples=2000

@@ -93,3 +93,26 @@ asset_controls = Table(
     Column("updated_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "twin_id", "asset_id"),
 )
+
+
+#: The automation loop's durable queue: one row per anomaly it took up (``pending`` until it
+#: proposed a fix or said why not). Written by its change-log consumer with its cursor.
+automation_tasks = Table(
+    "automation_tasks",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("anomaly_id", String(128), nullable=False),
+    Column("twin_id", String(64), nullable=False),
+    Column("asset_id", String(64), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    # pending | proposed | no_action | skipped | failed
+    Column("state", String(16), nullable=False),
+    Column("proposal_id", String(40), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "anomaly_id"),
+    Index("ix_automation_tasks_state", "state", "created_at_us"),
+)

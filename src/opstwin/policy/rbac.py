@@ -35,6 +35,7 @@ class Permission(StrEnum):
     keys_manage = "keys:manage"
     policies_write = "policies:write"
     twins_write = "twins:write"
+    audit_read = "audit:read"  # GET /audit, /audit/verify
 
 
 #: Roles each role extends.
@@ -59,7 +60,7 @@ ROLE_GRANTS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.executor: frozenset({Permission.execute, Permission.rollback}),
-    Role.supervisor: frozenset({Permission.approve, Permission.rollback}),
+    Role.supervisor: frozenset({Permission.approve, Permission.rollback, Permission.audit_read}),
     Role.admin: frozenset(
         {Permission.keys_manage, Permission.policies_write, Permission.twins_write}
     ),

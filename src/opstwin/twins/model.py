@@ -300,8 +300,8 @@ class Process(_Spec):
 class MetricInput(_Spec):
     """An input read from an asset's metric (its latest value, or its baseline when simulated).
 
-    With ``minus_setpoint`` the input is the metric's *tracking error* instead: its latest value
-    minus the named setpoint's current value (the offset a heater or sensor drift puts between
+    With ``minus_setpoint`` the input is the metric's *tracking error* instead: the mean of its
+    newest readings minus the named setpoint's current value (the offset a heater or sensor drift puts between
     what is asked and what is reached). A model then writes the reached value as
     ``setpoint + error``, so candidate setpoints are simulated where the plant would really go.
     """
@@ -315,8 +315,8 @@ class MetricInput(_Spec):
     )
     minus_setpoint: Id | None = Field(
         default=None,
-        description="A setpoint of the same asset: the input is the metric's latest value minus "
-        "that setpoint's current value (its tracking error).",
+        description="A setpoint of the same asset: the input is the mean of the metric's newest "
+        "readings minus that setpoint's current value (its tracking error).",
     )
 
 

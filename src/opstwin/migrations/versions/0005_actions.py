@@ -35,7 +35,9 @@ def upgrade() -> None:
         sa.Column("updated_at_us", sa.BigInteger, nullable=False),
         sa.Column("document", sa.Text, nullable=False),
     )
-    op.create_index("ux_proposals_tenant_id", "proposals", ["tenant_id", "proposal_id"], unique=True)
+    op.create_index(
+        "ux_proposals_tenant_id", "proposals", ["tenant_id", "proposal_id"], unique=True
+    )
     op.create_index(
         "ix_proposals_tenant_asset_state",
         "proposals",

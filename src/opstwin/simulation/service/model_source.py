@@ -22,6 +22,9 @@ _POINTER = "/model_ref/process_model"
 """Where every error about a referenced process model points."""
 
 
+TRACKING_READINGS = 20
+"""A tracking-error input (``minus_setpoint``) averages this many of the newest readings."""
+
 TELEMETRY_POINTER = "/inputs_from_telemetry"
 """Where errors about inputs sampled from stored telemetry point."""
 
@@ -202,9 +205,11 @@ class TwinModelSource:
                     )
                 offset = _tracked_setpoint(twin_spec, name, source)
                 if offset is not None:
-                    # The tracking error now: the latest reading, not the baseline (which
+                    # The tracking error now: the newest readings, not the baseline (which
                     # lags a drift by design), minus the setpoint's desired value.
-                    inputs[name] = {"dist": "normal", "mean": state.value - offset, "std": std}
+                    level = await self._recent_level(conn, tenant_id, twin_id, source)
+                    mean = (state.value if level is None else level) - offset
+                    inputs[name] = {"dist": "normal", "mean": mean, "std": std}
                     continue
                 mean = state.baseline_mean if state.baseline_mean is not None else state.value
                 inputs[name] = {"dist": "normal", "mean": mean, "std": std}
@@ -214,6 +219,23 @@ class TwinModelSource:
             "inputs": inputs,
             "outputs": {name: kpi.expression for name, kpi in spec.outputs.items()},
         }
+
+    async def _recent_level(
+        self, conn: AsyncConnection, tenant_id: str, twin_id: str, source: MetricInput
+    ) -> float | None:
+        """Mean of the metric's newest :data:`TRACKING_READINGS` stored readings (None: none)."""
+        if self._telemetry is None:
+            return None
+        values = await self._telemetry.recent_values(
+            conn,
+            tenant_id,
+            twin_id=twin_id,
+            asset_id=source.asset,
+            metric=source.metric,
+            since_us=None,
+            limit=TRACKING_READINGS,
+        )
+        return sum(values) / len(values) if values else None
 
     async def _empirical(
         self,

@@ -1,0 +1,402 @@
+"""The automation loop: anomaly → simulation → proposal (→ decision → execution → verification).
+
+Two parts, so that nothing is lost or done twice when the process is killed at any point:
+
+* **Intake** — a change-log consumer (:class:`~opstwin.aiw.consumers.LogConsumer`, name
+  ``automation``, with its own persisted cursor) that reads ``opstwin.anomaly.detected`` and, for
+  each one whose ``recommended_next`` is ``sim_run``, inserts a *task* in ``automation_tasks``
+  in the same transaction as its cursor. Every anomaly becomes exactly one task.
+* **Worker** — takes pending tasks in order and, for each: finds the twin's playbook for
+  (asset, metric, kind); skips it when a proposal is still active on an asset the playbook would
+  change ("never two proposals in flight for the same asset"); ranks the playbook's candidate
+  values of each of its setpoints by simulation (``POST /sim/recommend`` semantics, each run
+  under an idempotency key of the anomaly); proposes the best improvement through the proposal
+  service — with an ``Idempotency-Key`` derived from the anomaly, so a retry after a crash finds
+  the proposal it made instead of making another — and marks the task done. From there the
+  policy decides and the executor executes and verifies (:mod:`.executor`): that part resumes
+  from stored state too.
+
+The loop acts as its own principal, ``automation`` with role ``agent`` (it proposes; it cannot
+approve). Automatic execution is the platform's (``system``) under the policy, and the audit
+records it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from opstwin.actions import repository as repo
+from opstwin.actions.service import ProposalRequest, ProposalService
+from opstwin.actions.tables import automation_tasks
+from opstwin.actions.workflow import Actor
+from opstwin.aiw.changelog import ChangeLog, EventFilter, LogRow
+from opstwin.aiw.consumers import ConsumerSettings, LogConsumer
+from opstwin.kit import jsonutil
+from opstwin.kit.clock import Clock, to_micros
+from opstwin.kit.db import Database, Transaction
+from opstwin.kit.errors import OpsTwinError
+from opstwin.kit.idempotency import request_hash
+from opstwin.twins.model import Playbook, TwinSpec
+from opstwin.twins.registry import TwinRegistry
+
+if TYPE_CHECKING:
+    from opstwin.simulation.service import SimulationService
+
+log = structlog.get_logger("opstwin.automation")
+
+CONSUMER_NAME = "automation"
+PRINCIPAL = "automation"
+"""The loop's principal id (role ``agent``)."""
+ANOMALY_DETECTED = "opstwin.anomaly.detected"
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    tenant_id: str
+    anomaly_id: str
+    twin_id: str
+    asset_id: str
+    metric: str
+    kind: str
+    attempts: int
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+class AnomalyIntake:
+    """The consumer's handler: one pending task per anomaly that asks for a simulation."""
+
+    def __init__(self, clock: Clock, on_commit: Any) -> None:
+        self._clock = clock
+        self._on_commit = on_commit
+
+    async def load(self, conn: AsyncConnection) -> None:
+        """Nothing is kept in memory: the tasks table is the state."""
+
+    async def handle(self, tx: Transaction, rows: list[LogRow]) -> None:
+        now_us = to_micros(self._clock.now())
+        values = []
+        for row in rows:
+            if row.type != ANOMALY_DETECTED:
+                continue
+            data = jsonutil.loads(row.envelope).get("data") or {}
+            if data.get("recommended_next") != "sim_run":
+                continue
+            values.append(
+                {
+                    "tenant_id": row.tenant_id,
+                    "anomaly_id": str(data["anomaly_id"]),
+                    "twin_id": str(data["twin_id"]),
+                    "asset_id": str(data["asset_id"]),
+                    "metric": str(data["metric"]),
+                    "kind": str(data["kind"]),
+                    "state": "pending",
+                    "proposal_id": None,
+                    "detail": None,
+                    "attempts": 0,
+                    "created_at_us": now_us,
+                    "updated_at_us": now_us,
+                }
+            )
+        if values:
+            await tx.conn.execute(
+                _insert(tx.conn, automation_tasks).values(values).on_conflict_do_nothing()
+            )
+            tx.after_commit(self._on_commit)
+
+
+class AutomationLoop:
+    """Intake consumer plus worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        changelog: ChangeLog,
+        clock: Clock,
+        proposals: ProposalService,
+        simulation: SimulationService,
+        twins: TwinRegistry,
+        samples: int,
+        poll_interval_s: float,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._proposals = proposals
+        self._simulation = simulation
+        self._twins = twins
+        self._samples = samples
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.intake = LogConsumer(
+            CONSUMER_NAME,
+            db=db,
+            changelog=changelog,
+            clock=clock,
+            handler=AnomalyIntake(clock, self.poke),
+            flt=EventFilter(types=frozenset({ANOMALY_DETECTED})),
+            settings=ConsumerSettings(page_size=200, poll_interval_s=poll_interval_s),
+        )
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self.intake.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="opstwin-automation")
+
+    async def stop(self) -> None:
+        await self.intake.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                while await self.run_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged; the task stays pending and is retried at the next poll
+                log.exception("automation pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+
+    async def pending(self) -> list[Task]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(automation_tasks)
+                .where(automation_tasks.c.state == "pending")
+                .order_by(automation_tasks.c.created_at_us, automation_tasks.c.anomaly_id)
+                .limit(50)
+            )
+            return [
+                Task(
+                    r.tenant_id,
+                    r.anomaly_id,
+                    r.twin_id,
+                    r.asset_id,
+                    r.metric,
+                    r.kind,
+                    int(r.attempts),
+                )
+                for r in rows
+            ]
+
+    async def run_once(self) -> bool:
+        """Work through the pending tasks; True when there may be more."""
+        tasks = await self.pending()
+        for task in tasks:
+            await self.process(task)
+        return len(tasks) == 50
+
+    async def _finish(
+        self, task: Task, state: str, detail: str | None, proposal_id: str | None = None
+    ) -> None:
+        async with self._db.write() as tx:
+            await tx.conn.execute(
+                update(automation_tasks)
+                .where(
+                    automation_tasks.c.tenant_id == task.tenant_id,
+                    automation_tasks.c.anomaly_id == task.anomaly_id,
+                )
+                .values(
+                    state=state,
+                    detail=detail,
+                    proposal_id=proposal_id,
+                    attempts=task.attempts + 1,
+                    updated_at_us=to_micros(self._clock.now()),
+                )
+            )
+        log.info(
+            "automation task " + state,
+            anomaly_id=task.anomaly_id,
+            asset_id=task.asset_id,
+            metric=task.metric,
+            kind=task.kind,
+            proposal_id=proposal_id,
+            detail=detail,
+        )
+
+    async def process(self, task: Task) -> None:
+        """Take one task as far as a proposal (or a recorded reason not to)."""
+        actor = Actor(PRINCIPAL, task.tenant_id, "agent")
+        async with self._db.read() as conn:
+            made = await repo.proposals_for_anomaly(conn, task.tenant_id, task.anomaly_id)
+            if made:  # a retry after a crash: the proposal exists already
+                await self._finish(task, "proposed", "proposal made before a restart", made[0])
+                return
+            twin = await self._twins.find(conn, task.tenant_id, task.twin_id)
+            if twin is None:
+                await self._finish(task, "skipped", f"twin {task.twin_id!r} no longer exists")
+                return
+            playbook = _playbook(twin.spec, task)
+            if playbook is None:
+                await self._finish(
+                    task,
+                    "skipped",
+                    f"twin {task.twin_id!r} has no playbook for {task.kind} of "
+                    f"{task.asset_id}/{task.metric}",
+                )
+                return
+            for action in playbook.actions:
+                asset = action.asset or playbook.asset
+                active = await repo.active_on_asset(conn, task.tenant_id, task.twin_id, asset)
+                if active:
+                    pid, state = active[0]
+                    await self._finish(
+                        task,
+                        "skipped",
+                        f"proposal {pid} is still {state} on {asset}: one proposal per asset",
+                    )
+                    return
+        try:
+            best = await self._rank(task, actor, playbook)
+        except OpsTwinError as exc:
+            await self._retry_or_fail(task, f"simulation failed: {exc.detail}")
+            return
+        if best is None:
+            await self._finish(
+                task, "no_action", "no candidate of the playbook improves on doing nothing"
+            )
+            return
+        asset, setpoint, record = best
+        rec = record["recommendation"]
+        improvement = (rec.get("expected_improvement") or {}).get("value")
+        rationale = (
+            f"playbook {playbook.id}: {task.kind} of {task.asset_id}/{task.metric} "
+            f"(anomaly {task.anomaly_id}); simulation {record['sim_id']} recommends "
+            f"{setpoint} {rec['current']:g} → {rec['recommended']:g}"
+            + (
+                ""
+                if improvement is None
+                else f" ({rec['objective']['output']} {improvement:+.4g}, "
+                f"P(improvement) {rec.get('p_improvement', 0):.2f})"
+            )
+        )
+        request = ProposalRequest(
+            twin_id=task.twin_id,
+            asset_id=asset,
+            setpoint=setpoint,
+            value=float(rec["recommended"]),
+            rationale=rationale,
+            anomaly_id=task.anomaly_id,
+            sim_id=record["sim_id"],
+        )
+        key = f"automation:{task.anomaly_id}"
+        try:
+            created = await self._proposals.create(
+                actor,
+                request,
+                idempotency_key=key,
+                req_hash=request_hash("POST", "/proposals", key.encode()),
+            )
+        except OpsTwinError as exc:
+            await self._retry_or_fail(task, f"proposal refused: {exc.detail}")
+            return
+        body = created.body
+        await self._finish(
+            task,
+            "proposed",
+            f"{body['state']} (confidence {body['confidence']['total']:.3f})",
+            body["proposal_id"],
+        )
+
+    async def _retry_or_fail(self, task: Task, detail: str) -> None:
+        if task.attempts + 1 >= MAX_ATTEMPTS:
+            await self._finish(task, "failed", detail)
+            return
+        async with self._db.write() as tx:
+            await tx.conn.execute(
+                update(automation_tasks)
+                .where(
+                    automation_tasks.c.tenant_id == task.tenant_id,
+                    automation_tasks.c.anomaly_id == task.anomaly_id,
+                )
+                .values(attempts=task.attempts + 1, detail=detail)
+            )
+        log.warning("automation task will be retried", anomaly_id=task.anomaly_id, detail=detail)
+
+    async def _rank(
+        self, task: Task, actor: Actor, playbook: Playbook
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """The (asset, setpoint, sim record) whose recommendation improves most, if any."""
+        best: tuple[float, tuple[str, str, dict[str, Any]]] | None = None
+        for action in playbook.actions:
+            asset = action.asset or playbook.asset
+            body = {
+                "twin_id": task.twin_id,
+                "asset_id": asset,
+                "setpoint": action.setpoint,
+                "anomaly": {"kind": task.kind, "metric": task.metric},
+                "samples": self._samples,
+            }
+            record = await self._recommend(task, actor, body)
+            rec = record.get("recommendation") or {}
+            if rec.get("recommended") is None or rec.get("do_nothing"):
+                continue
+            p = float(rec.get("p_improvement") or 0.0)
+            if best is None or p > best[0]:
+                best = (p, (asset, action.setpoint, record))
+        return None if best is None else best[1]
+
+    async def _recommend(self, task: Task, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+        from opstwin.simulation.schemas import SimRecommendIn
+
+        parsed = SimRecommendIn.model_validate(body)
+        async with self._db.read() as conn:
+            prepared = await self._simulation.prepare_recommendation(
+                conn, task.tenant_id, parsed.model_dump(by_alias=True)
+            )
+        key = f"automation:{task.anomaly_id}:{body['asset_id']}:{body['setpoint']}"
+        reply = await self._simulation.submit(
+            prepared,
+            tenant_id=task.tenant_id,
+            principal_id=actor.principal_id,
+            idempotency_key=key,
+            req_hash=request_hash("POST", "/sim/recommend", key.encode()),
+        )
+        record: dict[str, Any] = jsonutil.loads(reply.body)
+        if record.get("status") != "succeeded":
+            raise OpsTwinError(f"simulation {record.get('sim_id')} is {record.get('status')}")
+        return record
+
+    async def tasks(self, tenant_id: str) -> Sequence[dict[str, Any]]:
+        """Every task of a tenant, oldest first (status views and tests)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(automation_tasks)
+                .where(automation_tasks.c.tenant_id == tenant_id)
+                .order_by(automation_tasks.c.created_at_us, automation_tasks.c.anomaly_id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+
+def _playbook(twin: TwinSpec, task: Task) -> Playbook | None:
+    for playbook in twin.playbooks:
+        if (
+            playbook.asset == task.asset_id
+            and playbook.metric == task.metric
+            and task.kind in playbook.kinds
+        ):
+            return playbook
+    return None

@@ -16,6 +16,7 @@ BENCHMARKS = [
     "ingest",
     "mqtt",
     "decision",
+    "plant",
 ]
 
 

@@ -28,19 +28,23 @@ def endpoint(manifest: dict, method: str, path: str) -> str:
     raise SystemExit(f"the server does not offer {method} {path}")
 
 
-def events(client: httpx.Client, manifest: dict, types: str):
+def events(client: httpx.Client, manifest: dict, types: str, since: str):
     """Change events from the live stream, for ever, resuming with the last id seen."""
     feed = manifest["change_feed"]["subscribe"]
     last_id = None
     while True:
         headers = {"Accept": "text/event-stream"}
+        params = {"types": types}
         if last_id is not None:
             headers[feed["resume_header"]] = last_id
+        else:
+            params["since"] = since
         try:
             with client.stream(
-                "GET", feed["path"], params={"types": types}, headers=headers, timeout=None
+                "GET", feed["path"], params=params, headers=headers, timeout=None
             ) as stream:
                 stream.raise_for_status()
+                print(f"following {feed['path']} after {last_id or since}")
                 kind, data = "message", []
                 for line in stream.iter_lines():
                     if line.startswith("id:"):
@@ -58,24 +62,37 @@ def events(client: httpx.Client, manifest: dict, types: str):
             time.sleep(1.0)
 
 
+def recommend(client: httpx.Client, manifest: dict, anomaly: dict) -> dict | None:
+    """The simulation's recommendation for an anomaly; looks again a few times while the
+    evidence builds up (the first samples of an excursion barely show it)."""
+    for _ in range(10):
+        ranked = client.post(
+            endpoint(manifest, "POST", "/sim/recommend"),
+            json={
+                "twin_id": anomaly["twin_id"],
+                "asset_id": anomaly["asset_id"],
+                "setpoint": anomaly["setpoint"],
+                "anomaly": {"kind": anomaly["kind"], "metric": anomaly["metric"]},
+            },
+        )
+        if ranked.status_code != 201:
+            print(f"no recommendation for {anomaly['anomaly_id']}: {ranked.json()['detail']}")
+            return None
+        record = ranked.json()
+        rec = record["recommendation"]
+        if rec["recommended"] is not None and not rec["do_nothing"] and rec["p_improvement"] > 0.9:
+            return record
+        time.sleep(1.0)
+    print(f"{anomaly['anomaly_id']}: nothing beats doing nothing ({rec['reason']})")
+    return None
+
+
 def handle(client: httpx.Client, manifest: dict, anomaly: dict) -> dict | None:
     """Rank the playbook's candidates for an anomaly and propose the best, if any."""
-    ranked = client.post(
-        endpoint(manifest, "POST", "/sim/recommend"),
-        json={
-            "twin_id": anomaly["twin_id"],
-            "asset_id": anomaly["asset_id"],
-            "setpoint": anomaly["setpoint"],
-            "anomaly": {"kind": anomaly["kind"], "metric": anomaly["metric"]},
-        },
-    )
-    if ranked.status_code != 201:
-        print(f"no recommendation for {anomaly['anomaly_id']}: {ranked.json()['detail']}")
+    record = recommend(client, manifest, anomaly)
+    if record is None:
         return None
-    rec = ranked.json()["recommendation"]
-    if rec["recommended"] is None or rec["do_nothing"]:
-        print(f"{anomaly['anomaly_id']}: nothing beats doing nothing ({rec['reason']})")
-        return None
+    rec = record["recommendation"]
     proposal = client.post(
         endpoint(manifest, "POST", "/proposals"),
         headers={"Idempotency-Key": f"agent-{anomaly['anomaly_id']}"},
@@ -86,7 +103,7 @@ def handle(client: httpx.Client, manifest: dict, anomaly: dict) -> dict | None:
             "value": rec["recommended"],
             "rationale": f"agent: {anomaly['kind']} of {anomaly['metric']}, simulation agrees",
             "anomaly_id": anomaly["anomaly_id"],
-            "sim_id": ranked.json()["sim_id"],
+            "sim_id": record["sim_id"],
         },
     ).json()
     print(
@@ -102,13 +119,21 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--key", required=True, help="an API key of role agent or above")
     parser.add_argument("--once", action="store_true", help="stop after the first proposal")
+    parser.add_argument(
+        "--since", default="now", help="cursor to start after (default: new changes only)"
+    )
     args = parser.parse_args()
     auth = {"Authorization": f"Bearer {args.key}"}
     with httpx.Client(base_url=args.url, headers=auth, timeout=60.0) as client:
         manifest = client.get("/.well-known/aiw-manifest.json").raise_for_status().json()
         print(f"connected to {manifest['service']['name']} {manifest['service']['version']}")
-        for event in events(client, manifest, "opstwin.anomaly.detected"):
+        for event in events(client, manifest, "opstwin.anomaly.detected", args.since):
             anomaly = event["data"]
+            print(
+                f"anomaly {anomaly['anomaly_id']}: {anomaly['kind']} of "
+                f"{anomaly['asset_id']}/{anomaly['metric']} ({anomaly['severity']}), "
+                f"next: {anomaly['recommended_next']}"
+            )
             if anomaly["recommended_next"] != "sim_run":
                 continue
             asset_path = endpoint(manifest, "GET", "/twins/{twin_id}/assets/{asset_id}")

@@ -436,8 +436,8 @@ def demo(
     out.print(f"feed       {base}/diff   {base}/subscribe")
     out.print(f"database   {settings.database_url}")
     out.print(
-        f"plant      {settings.plant.twin_id}, {plant.transport}, a drift fault every "
-        f"{settings.plant.fault_interval_s:g} s"
+        f"plant      {settings.plant.twin_id}, {plant.transport}; a drift fault after "
+        f"{settings.plant.first_fault_after_s:g} s, then every {settings.plant.fault_interval_s} s"
     )
     out.print(f"keys       (also in {settings.data_dir / DEMO_KEYS_FILE})")
     for role, token in tokens.items():

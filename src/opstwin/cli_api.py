@@ -89,19 +89,19 @@ def _proposal_row(p: dict[str, Any]) -> list[str]:
     return [
         p["proposal_id"],
         p["state"],
-        f"{p['twin_id']}/{p['asset_id']}",
+        p["asset_id"],
         p["setpoint"],
         _short(p["value"]),
         _short(confidence),
         ((p.get("decision") or {}).get("outcome")) or "—",
-        p["created_at"][:19],
+        p["created_at"][11:19],
     ]
 
 
 def _proposals_table(items: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
+    table.add_column("proposal", no_wrap=True)  # the id people type: never cut
     for column in (
-        "proposal",
         "state",
         "asset",
         "setpoint",
@@ -129,18 +129,19 @@ def status(url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
 
         anomalies = _get(client, "/anomalies", status="open", limit=20)["items"]
         table = Table(title=f"Open anomalies ({len(anomalies)})", title_justify="left")
-        for column in ("anomaly", "asset", "metric", "kind", "severity", "score", "since"):
+        table.add_column("anomaly", no_wrap=True)
+        for column in ("asset", "metric", "kind", "severity", "score", "since"):
             table.add_column(column)
         for a in anomalies:
             r = a["record"]
             table.add_row(
                 a["anomaly_id"],
-                f"{r['twin_id']}/{r['asset_id']}",
+                r["asset_id"],
                 r["metric"],
                 r["kind"],
                 r["severity"],
                 _short(r["score"]),
-                r["ts"][:19],
+                r["ts"][11:19],
             )
         out.print(table)
 

@@ -357,6 +357,19 @@ class AutomationSettings(BaseModel):
     poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often the loop looks for anomalies and tasks."
     )
+    recheck_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="When a simulation finds no improvement yet, look at the anomaly again "
+        "after this long (while it lasts).",
+    )
+    min_p_improvement: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=1.0,
+        description="Propose only a candidate that improves on doing nothing with at least this "
+        "probability (else look again).",
+    )
 
 
 class PlantSettings(BaseModel):
@@ -377,17 +390,21 @@ class PlantSettings(BaseModel):
         default=5.0, gt=0, description="First-order time constant of every process value."
     )
     max_sampling_period_s: float | None = Field(
-        default=10.0,
+        default=0.25,
         gt=0,
-        description="Sample metrics at least this often (the example's inspection metrics are "
-        "declared at 300 s); unset: as declared.",
+        description="Sample every metric at least this often (4 Hz by default, so the "
+        "detector's baselines mature within a minute); unset: as the twin declares.",
     )
     seed: int | None = Field(default=None, description="Noise seed (unset: random).")
+    first_fault_after_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds before the first fault (the detector needs a mature baseline).",
+    )
     fault_interval_s: float | None = Field(
-        default=45.0,
+        default=30.0,
         gt=0,
-        description="Inject the next drift fault of the rotation this often (the first after "
-        "one interval); unset: no faults.",
+        description="Inject the next drift fault of the rotation this often; unset: no faults.",
     )
 
 

@@ -11,11 +11,15 @@ connects it like a real device:
   MQTT source, and ``simulated_plant`` is routed to the MQTT actuator (command topic, retained
   read-back), exactly the path a real asset takes.
 
-**Faults.** Every ``fault_interval_s`` the next playbook of the rotation gets a drift on its
-metric: the playbooks whose metric is read back by one of the setpoints they may change (a fault
-the loop can correct). The drift moves the process by half the metric's normal range over about
-twenty seconds and stays; the next round on the same metric drifts it back the other way, so a
-long demo keeps cycling instead of walking the setpoints to their bounds.
+**Faults.** After ``first_fault_after_s`` and then every ``fault_interval_s`` the next playbook
+of the rotation gets a drift on its
+metric: the playbooks whose **Faults.** After ``first_fault_after_s`` and then every ``fault_interval_s`` the next playbook
+of the rotation acts on its metric: the playbooks whose metric is read back by one of the
+setpoints they may change and whose process model simulates that setpoint (a fault the loop can
+correct). Odd rounds drift the process by half the metric's normal range over about twenty
+seconds (a heater or thermocouple drifting); even rounds repair it (the bias ends at once, a step
+back), so a long demo keeps cycling instead of walking the setpoints to their bounds.
+
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import structlog
 
 from opstwin.config import Settings
 from opstwin.twins.desired import desired_values
-from opstwin.twins.model import TwinSpec
+from opstwin.twins.model import SetpointInput, TwinSpec
 
 if TYPE_CHECKING:
     from opstwin.plant.faults import FaultSpec
@@ -54,7 +58,8 @@ class DriftTarget:
 
 
 def drift_targets(twin: TwinSpec) -> list[DriftTarget]:
-    """The metrics of the playbooks a setpoint change can correct, with half their normal range."""
+    """The metrics of the playbooks a setpoint change can correct — the setpoint reads the
+    metric back and the playbook's process model simulates it — with half their normal range."""
     out: list[DriftTarget] = []
     for playbook in twin.playbooks:
         if "drift" not in playbook.kinds:
@@ -64,10 +69,24 @@ def drift_targets(twin: TwinSpec) -> list[DriftTarget]:
         normal = metric.normal_range if metric else None
         if asset is None or normal is None or normal.low is None or normal.high is None:
             continue
+        model = next(
+            (
+                pm
+                for pm in twin.process_models
+                if playbook.objective is not None and pm.id == playbook.objective.process_model
+            ),
+            None,
+        )
+        simulated = {
+            (src.asset, src.setpoint)
+            for src in (model.inputs.values() if model else ())
+            if isinstance(src, SetpointInput)
+        }
         correctable = any(
             (action.asset or playbook.asset) == asset.id
             and (sp := asset.setpoints.get(action.setpoint)) is not None
             and sp.metric == playbook.metric
+            and (asset.id, action.setpoint) in simulated
             for action in playbook.actions
         )
         if correctable:
@@ -123,9 +142,10 @@ class DemoPlant:
                 raise ValueError("OPSTWIN_PLANT_TRANSPORT=mqtt needs OPSTWIN_MQTT_URL")
             self._bridge = PlantMqttBridge(plant, clock=services.clock, url=url)
             await self._bridge.start()
-            services.actuators.register(
-                MqttActuator(url, name="mqtt", timeout_s=self._settings.actions.write_timeout_s)
-            )
+            # Shorter than the executor's own deadline, so the actuator's OutcomeUnknown (which
+            # says what was missing) arrives before a bare timeout.
+            timeout_s = max(0.5, self._settings.actions.write_timeout_s / 2)
+            services.actuators.register(MqttActuator(url, name="mqtt", timeout_s=timeout_s))
             services.actuators.alias(SIMULATED_PLANT, "mqtt")
             sink = self._bridge.publish_telemetry
         else:
@@ -135,7 +155,8 @@ class DemoPlant:
         await self._runner.start()
         if cfg.fault_interval_s is not None:
             self._faults = asyncio.create_task(
-                self._rotate(twin.spec, cfg.fault_interval_s), name="opstwin-demo-faults"
+                self._rotate(twin.spec, cfg.first_fault_after_s, cfg.fault_interval_s),
+                name="opstwin-demo-faults",
             )
         log.info(
             "plant.running",
@@ -148,7 +169,7 @@ class DemoPlant:
         async with self._services.db.write() as tx:
             await self._services.ingestor.ingest(tx, self._settings.plant.tenant_id, events)
 
-    async def _rotate(self, twin: TwinSpec, interval_s: float) -> None:
+    async def _rotate(self, twin: TwinSpec, first_s: float, interval_s: float) -> None:
         from opstwin.plant.faults import FaultSpec
 
         targets = drift_targets(twin)
@@ -156,25 +177,36 @@ class DemoPlant:
             log.warning("plant.no_correctable_playbooks", twin_id=twin.id)
             return
         rounds: dict[tuple[str, str], int] = {}
+        pause = first_s
         for target in itertools.cycle(targets):
-            await asyncio.sleep(interval_s)  # the demo's pace, not a wait for a condition
+            await asyncio.sleep(pause)  # the demo's pace, not a wait for a condition
+            pause = interval_s
             key = (target.asset, target.metric)
-            sign = 1.0 if rounds.get(key, 0) % 2 == 0 else -1.0
-            rounds[key] = rounds.get(key, 0) + 1
+            round_ = rounds.get(key, 0)
+            rounds[key] = round_ + 1
+            assert self.plant is not None
+            if round_ % 2 == 1:  # the repair: the bias ends at once (a step back)
+                self.plant.clear(target.asset, target.metric)
+                log.info(
+                    "demo.fault_repaired",
+                    asset=target.asset,
+                    metric=target.metric,
+                    playbook=target.playbook,
+                )
+                continue
             fault: FaultSpec = FaultSpec(
                 kind="drift",
                 asset=target.asset,
                 metric=target.metric,
-                rate_per_s=sign * target.size / DRIFT_SECONDS,
+                rate_per_s=target.size / DRIFT_SECONDS,
                 max_offset=target.size,
             )
-            assert self.plant is not None
             self.plant.inject(fault)
             log.info(
                 "demo.fault_injected",
                 asset=target.asset,
                 metric=target.metric,
-                drift=f"{sign * target.size:+g} over {DRIFT_SECONDS:g} s",
+                drift=f"+{target.size:g} over {DRIFT_SECONDS:g} s",
                 playbook=target.playbook,
             )
 

@@ -26,9 +26,9 @@ from opstwin.twins.registry import TwinRegistry
 
 if TYPE_CHECKING:
     from opstwin.actions.automation import AutomationLoop
-    from opstwin.demo import DemoPlant
     from opstwin.aiw.consumers import LogConsumer
     from opstwin.aiw.manifest import ManifestBuilder
+    from opstwin.demo import DemoPlant
     from opstwin.simulation.service import SimulationService
     from opstwin.telemetry.detection import AnomalyDetection
     from opstwin.telemetry.mqtt import MQTTSensorAdapter
@@ -145,6 +145,8 @@ def build_services(settings: Settings, clock: Clock, ids: IdSource) -> Services:
             twins=twins,
             samples=settings.actions.sim_samples,
             poll_interval_s=settings.automation.poll_interval_s,
+            recheck_s=settings.automation.recheck_s,
+            min_p_improvement=settings.automation.min_p_improvement,
         )
     if settings.plant.enabled:
         from opstwin.demo import DemoPlant

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from opstwin.twins.loader import parse_twin_document
 FAB = Path(__file__).resolve().parents[2] / "examples" / "fab-line.yaml"
 TWIN = "fab_line_3"
 ETCH = "etch_tool_7"
+HISTORY_S = 30.0
 
 
 def fab_document() -> dict[str, Any]:
@@ -63,6 +65,11 @@ async def start_plant(services: Services, *, seed: int = 11) -> RunningPlant:
         async with services.db.write() as tx:
             await services.ingestor.ingest(tx, "default", events)
 
+    # Thirty seconds of history first (300 samples of the chuck), stepped as fast as it
+    # computes: the detector's baseline is then mature, as on a plant that has been running.
+    start = services.clock.now() - timedelta(seconds=HISTORY_S)
+    for second in range(int(HISTORY_S)):
+        await sink(plant.step(1.0, at=start + timedelta(seconds=second + 1)))
     runner = PlantRunner(plant, sink, services.clock, tick_s=0.1)
     await runner.start()
     return RunningPlant(plant, runner)

@@ -4,6 +4,7 @@ anomaly.v1 contract (one open anomaly at a time, each resolution naming its anom
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from datetime import UTC, datetime
@@ -144,3 +145,122 @@ def test_every_output_keeps_the_contract(
         else:
             assert record["resolves"] == open_id
             open_id = None
+
+
+SETTINGS_CHOICES = [
+    SeriesConfig(),
+    SeriesConfig(hard_low=40.0, hard_high=80.0),
+    SeriesConfig(drift_method="ewma", ewma_smoothing=0.1),
+    SeriesConfig(z_threshold=3.5, z_clear=2.0, baseline_halflife_samples=100.0),
+    SeriesConfig(flatline_window=10, min_std=0.2),
+]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    series=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=len(SETTINGS_CHOICES) - 1), EVENTS),
+        min_size=2,
+        max_size=12,
+    ),
+    steps=st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=6),
+)
+def test_many_series_at_once_equal_each_series_alone_bit_for_bit(
+    seed: int, series: list[tuple[int, list[tuple[str, int, float]]]], steps: list[int]
+) -> None:
+    """A batch of many series computes their quiet stretches together, as rows of one
+    matrix (padded to the longest row): each series' records and state are exactly what
+    feeding it alone gives — same floats, same ids, same order."""
+    keys = [SeriesKey("line", f"tool_{i // 5}", f"m{i % 5}") for i in range(len(series))]
+    cfg = DetectorConfig(
+        per_metric={k: SETTINGS_CHOICES[c] for k, (c, _) in zip(keys, series, strict=True)}
+    )
+    data = {
+        k: generated(seed + i, 60.0, 0.5, events)
+        for i, (k, (_, events)) in enumerate(zip(keys, series, strict=True))
+    }
+    together = AnomalyDetector(CountingIds(), cfg)
+    alone = AnomalyDetector(CountingIds(), cfg)
+    rng = np.random.default_rng(seed)
+    where = dict.fromkeys(keys, 0)
+    got: list[dict[str, Any]] = []
+    want: list[dict[str, Any]] = []
+    for step in itertools.cycle(steps):
+        if all(w >= N for w in where.values()):
+            break
+        batch = []
+        for k in keys:
+            stop = min(N, where[k] + step + int(rng.integers(0, 80)))  # rows of unequal length
+            if stop > where[k]:
+                batch.append((k, times(where[k], stop), data[k][where[k] : stop]))
+                where[k] = stop
+        got += together.process_batch(batch)
+        for item in batch:
+            want += alone.process_series(*item)
+    by_time = lambda rs: sorted(rs, key=lambda r: (r["ts"], r["metric"], r["asset_id"]))  # noqa: E731
+    assert by_time(strip_ids(got)) == by_time(strip_ids(want))
+    assert without_ids(together.to_dict()) == without_ids(alone.to_dict())
+
+
+def strip_ids(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records without their ids (the two detectors draw ids in a different order)."""
+    return [without_ids(r) for r in records]
+
+
+def without_ids(value: Any) -> Any:
+    """``value`` with every ``anomaly_id`` / ``resolves`` left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_ids(v) for k, v in value.items() if k not in ("anomaly_id", "resolves")}
+    if isinstance(value, list):
+        return [without_ids(v) for v in value]
+    return value
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    events=EVENTS,
+    cuts=st.lists(st.integers(min_value=1, max_value=N - 1), min_size=1, max_size=5),
+)
+def test_a_fork_changes_nothing_until_adopted_and_then_equals_feeding_directly(
+    seed: int, events: list[tuple[str, int, float]], cuts: list[int]
+) -> None:
+    """How the detection consumer keeps exactly-once: a page is scored on a fork; a fork that
+    is dropped (its transaction failed) leaves no trace, an adopted one is as if the live
+    detector had been fed."""
+    x = generated(seed, 60.0, 0.5, events)
+    direct = AnomalyDetector(CountingIds(), config(60.0, 0.5))
+    live = AnomalyDetector(CountingIds(), config(60.0, 0.5))
+    for start, stop in itertools.pairwise([0, *sorted(set(cuts)), N]):
+        piece = (KEY, times(start, stop), x[start:stop])
+        before = live.to_dict()
+        dropped = live.fork()
+        dropped.process_series(*piece)
+        assert live.to_dict() == before  # a failed page: nothing happened
+        fork = live.fork()
+        assert strip_ids(fork.process_series(*piece)) == strip_ids(direct.process_series(*piece))
+        assert live.to_dict() == before
+        live.adopt(fork)
+        assert without_ids(live.to_dict()) == without_ids(direct.to_dict())
+        assert fork.touched() == []  # consumed
+
+
+def test_state_to_dict_is_asdict_and_copy_is_independent() -> None:
+    """The fast serialisation of a series' state is ``dataclasses.asdict`` field for field
+    (with and without an open excursion), and a copy shares nothing mutable."""
+    x = generated(3, 60.0, 0.5, [("spike", 1000, 12.0)])
+    det = AnomalyDetector(CountingIds(), config(60.0, 0.5))
+    det.process_series(KEY, times(0, 1001), x[:1001])  # ends inside the spike's excursion
+    state = det._trackers[KEY].state
+    assert state.excursion is not None
+    assert state.to_dict() == dataclasses.asdict(state)
+    state.excursion = None
+    assert state.to_dict() == dataclasses.asdict(state)
+    det.process_series(KEY, times(1001, 1500), x[1001:1500])
+    copy = state.copy()
+    assert copy == state
+    copy.recent_z.append(1.0)
+    if copy.excursion is not None:
+        copy.excursion.samples += 1
+    assert copy != state

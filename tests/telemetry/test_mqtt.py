@@ -131,6 +131,74 @@ def test_payload_mappings() -> None:
     assert map_payload("opstwin", b"{}", now).reason is not None
 
 
+def test_events_with_their_own_time_get_an_id_from_topic_and_content() -> None:
+    """A redelivery is byte for byte the message it repeats: with a ``ts`` of its own, an
+    event without ``event_id`` gets the same derived id on every delivery; a different
+    reading, topic or time gets another. Without ``ts`` there is nothing to tell a
+    redelivery from a sensor repeating its last values, so no id is derived."""
+    from datetime import UTC, datetime
+
+    first = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    later = datetime(2026, 1, 1, 13, tzinfo=UTC)
+    name = "opstwin/a/b/telemetry"
+    flat = b'{"temp": 62.1, "ts": "2026-01-01T11:59:59Z"}'
+    once, again = map_payload(name, flat, first), map_payload(name, flat, later)
+    assert once.events == again.events
+    assert once.events == [
+        {
+            "event_id": once.events[0]["event_id"],
+            "twin_id": "a",
+            "asset_id": "b",
+            "ts": "2026-01-01T11:59:59Z",
+            "metrics": {"temp": 62.1},
+        }
+    ]
+    assert once.events[0]["event_id"].startswith("mqtt_")
+    # Key order does not matter; values, time and topic do.
+    reordered = b'{"ts": "2026-01-01T11:59:59Z", "temp": 62.1}'
+    assert map_payload(name, reordered, later).events == once.events
+    others = [
+        map_payload(name, b'{"temp": 62.2, "ts": "2026-01-01T11:59:59Z"}', first),
+        map_payload(name, b'{"temp": 62.1, "ts": "2026-01-01T12:00:00Z"}', first),
+        map_payload("opstwin/a/c/telemetry", flat, first),
+    ]
+    ids = {once.events[0]["event_id"], *(m.events[0]["event_id"] for m in others)}
+    assert len(ids) == 4
+
+    full = b'{"ts": "2026-01-01T11:59:59Z", "metrics": {"temp": 62.1}}'
+    derived = map_payload(name, full, first).events[0]["event_id"]
+    assert derived == map_payload(name, full, later).events[0]["event_id"]
+    given = b'{"event_id": "e1", "ts": "2026-01-01T11:59:59Z", "metrics": {"temp": 62.1}}'
+    assert map_payload(name, given, first).events[0]["event_id"] == "e1"
+
+    for untimed in (b'{"temp": 62.1}', b'{"metrics": {"temp": 62.1}}'):
+        assert "event_id" not in map_payload(name, untimed, first).events[0]
+    assert "no metrics" in (
+        map_payload(name, b'{"ts": "2026-01-01T00:00:00Z"}', first).reason or ""
+    )
+
+
+async def test_a_redelivered_event_without_event_id_is_stored_once(
+    mqtt_app: Services, mqtt_settings: Settings, backend: str
+) -> None:
+    """QoS 1 may deliver a message twice (a crash between commit and acknowledgement): a
+    flat or telemetry.v1 event with its own ``ts`` is stored once however often it comes;
+    an untimed flat reading is a new sample each time (a stuck sensor repeats itself)."""
+    services = mqtt_app
+    name = topic(mqtt_settings)
+    timed_flat = b'{"temp_c": 61.5, "ts": "2026-01-01T00:00:01Z"}'
+    timed_full = b'{"ts": "2026-01-01T00:00:02Z", "metrics": {"temp_c": 61.6}}'
+    untimed = b'{"temp_c": 61.7}'
+    await publish([(name, timed_flat), (name, timed_full), (name, untimed)] * 2)
+    assert services.mqtt is not None
+    async with asyncio.timeout(15):
+        while services.mqtt.messages_committed < 6:
+            await asyncio.sleep(0.02)
+    ids = await stored_event_ids(services)
+    assert len(ids) == 4
+    assert sum(i.startswith("mqtt_") for i in ids) == 2
+
+
 async def test_flat_and_full_payloads_are_stored_and_malformed_ones_dead_lettered(
     mqtt_app: Services, mqtt_settings: Settings, client: httpx.AsyncClient, keys: Keys, backend: str
 ) -> None:

@@ -14,7 +14,12 @@ Two parts, so that nothing is lost or done twice when the process is killed at a
   service — with an ``Idempotency-Key`` derived from the anomaly, so a retry after a crash finds
   the proposal it made instead of making another — and marks the task done. From there the
   policy decides and the executor executes and verifies (:mod:`.executor`): that part resumes
-  from stored state too.
+  from stored state too. The loop proposes only a candidate the simulation says improves with
+  probability at least ``min_p_improvement``; when none does yet (the first samples of a drift
+  barely show it), the task stays pending and is looked at again every ``recheck_s`` while the
+  anomaly lasts (at most :data:`MAX_REEVALUATIONS` times). When one of its proposals is rolled
+  back or fails and the anomaly is still open, the task is reopened and the loop tries again with
+  fresh evidence (at most :data:`MAX_PROPOSALS` proposals per anomaly).
 
 The loop acts as its own principal, ``automation`` with role ``agent`` (it proposes; it cannot
 approve). Automatic execution is the platform's (``system``) under the policy, and the audit
@@ -58,7 +63,14 @@ CONSUMER_NAME = "automation"
 PRINCIPAL = "automation"
 """The loop's principal id (role ``agent``)."""
 ANOMALY_DETECTED = "opstwin.anomaly.detected"
+PROPOSAL_ENDED = frozenset({"opstwin.proposal.rolled_back", "opstwin.proposal.failed"})
+"""A proposal of the loop ending so reopens its task (the anomaly may still need a fix)."""
+MAX_PROPOSALS = 3
+"""Proposals the loop makes for one anomaly at most (after rollbacks or failures)."""
 MAX_ATTEMPTS = 3
+"""Failures (simulation or proposal refused) before a task is given up."""
+MAX_REEVALUATIONS = 12
+"""Looks at an anomaly whose simulation shows no improvement yet, before settling on none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,9 @@ class AnomalyIntake:
         now_us = to_micros(self._clock.now())
         values = []
         for row in rows:
+            if row.type in PROPOSAL_ENDED:
+                await self._reopen(tx, row, now_us)
+                continue
             if row.type != ANOMALY_DETECTED:
                 continue
             data = jsonutil.loads(row.envelope).get("data") or {}
@@ -117,6 +132,29 @@ class AnomalyIntake:
             )
             tx.after_commit(self._on_commit)
 
+    async def _reopen(self, tx: Transaction, row: LogRow, now_us: int) -> None:
+        """A proposal of the loop was rolled back or failed: look at its anomaly again."""
+        data = jsonutil.loads(row.envelope).get("data") or {}
+        anomaly_id = data.get("anomaly_id")
+        if anomaly_id is None or (data.get("proposer") or {}).get("principal_id") != PRINCIPAL:
+            return
+        result = await tx.conn.execute(
+            update(automation_tasks)
+            .where(
+                automation_tasks.c.tenant_id == row.tenant_id,
+                automation_tasks.c.anomaly_id == anomaly_id,
+                automation_tasks.c.state == "proposed",
+            )
+            .values(
+                state="pending",
+                detail=f"proposal {data.get('proposal_id')} ended {data.get('state')}; "
+                "looking again while the anomaly lasts",
+                updated_at_us=now_us,
+            )
+        )
+        if result.rowcount:
+            tx.after_commit(self._on_commit)
+
 
 class AutomationLoop:
     """Intake consumer plus worker (see the module docstring)."""
@@ -132,6 +170,8 @@ class AutomationLoop:
         twins: TwinRegistry,
         samples: int,
         poll_interval_s: float,
+        recheck_s: float = 5.0,
+        min_p_improvement: float = 0.95,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -140,6 +180,8 @@ class AutomationLoop:
         self._twins = twins
         self._samples = samples
         self._poll_interval_s = poll_interval_s
+        self._recheck_s = recheck_s
+        self._min_p = min_p_improvement
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.intake = LogConsumer(
@@ -148,7 +190,7 @@ class AutomationLoop:
             changelog=changelog,
             clock=clock,
             handler=AnomalyIntake(clock, self.poke),
-            flt=EventFilter(types=frozenset({ANOMALY_DETECTED})),
+            flt=EventFilter(types=frozenset({ANOMALY_DETECTED, *PROPOSAL_ENDED})),
             settings=ConsumerSettings(page_size=200, poll_interval_s=poll_interval_s),
         )
 
@@ -182,10 +224,17 @@ class AutomationLoop:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 
     async def pending(self) -> list[Task]:
+        """Pending tasks that are due: new ones, and the others ``recheck_s`` after their last
+        attempt."""
+        due_us = to_micros(self._clock.now()) - round(self._recheck_s * 1_000_000)
         async with self._db.read() as conn:
             rows = await conn.execute(
                 select(automation_tasks)
-                .where(automation_tasks.c.state == "pending")
+                .where(
+                    automation_tasks.c.state == "pending",
+                    (automation_tasks.c.attempts == 0)
+                    | (automation_tasks.c.updated_at_us <= due_us),
+                )
                 .order_by(automation_tasks.c.created_at_us, automation_tasks.c.anomaly_id)
                 .limit(50)
             )
@@ -242,8 +291,18 @@ class AutomationLoop:
         actor = Actor(PRINCIPAL, task.tenant_id, "agent")
         async with self._db.read() as conn:
             made = await repo.proposals_for_anomaly(conn, task.tenant_id, task.anomaly_id)
-            if made:  # a retry after a crash: the proposal exists already
-                await self._finish(task, "proposed", "proposal made before a restart", made[0])
+            live = [pid for pid, state in made if state not in repo.ENDED_STATES]
+            if live:  # a retry after a crash: the proposal exists already
+                await self._finish(task, "proposed", "proposal made before a restart", live[0])
+                return
+            found = await repo.anomaly_record(conn, task.tenant_id, task.anomaly_id)
+            if found is not None and found[0] != "open" and (task.attempts > 0 or made):
+                await self._finish(task, "skipped", "the anomaly ended before a fix was needed")
+                return
+            if len(made) >= MAX_PROPOSALS:
+                await self._finish(
+                    task, "no_action", f"{len(made)} proposals for this anomaly did not hold"
+                )
                 return
             twin = await self._twins.find(conn, task.tenant_id, task.twin_id)
             if twin is None:
@@ -274,12 +333,22 @@ class AutomationLoop:
         except OpsTwinError as exc:
             await self._retry_or_fail(task, f"simulation failed: {exc.detail}")
             return
-        if best is None:
-            await self._finish(
-                task, "no_action", "no candidate of the playbook improves on doing nothing"
+        if best is None or best[0] < self._min_p:
+            # Early in an excursion the evidence may not show it yet (a drift has only begun):
+            # look again while the anomaly lasts, a bounded number of times.
+            detail = (
+                "no candidate of the playbook improves on doing nothing"
+                if best is None
+                else f"the best candidate ({best[1][1]} → "
+                f"{best[1][2]['recommendation']['recommended']:g}) improves with probability "
+                f"{best[0]:.2f} only (< {self._min_p:g})"
             )
+            if task.attempts + 1 < MAX_REEVALUATIONS:
+                await self._again(task, detail + "; will look again")
+            else:
+                await self._finish(task, "no_action", detail)
             return
-        asset, setpoint, record = best
+        asset, setpoint, record = best[1]
         rec = record["recommendation"]
         improvement = (rec.get("expected_improvement") or {}).get("value")
         rationale = (
@@ -302,7 +371,7 @@ class AutomationLoop:
             anomaly_id=task.anomaly_id,
             sim_id=record["sim_id"],
         )
-        key = f"automation:{task.anomaly_id}"
+        key = f"automation:{task.anomaly_id}:{len(made)}"
         try:
             created = await self._proposals.create(
                 actor,
@@ -325,6 +394,11 @@ class AutomationLoop:
         if task.attempts + 1 >= MAX_ATTEMPTS:
             await self._finish(task, "failed", detail)
             return
+        await self._again(task, detail)
+        log.warning("automation task will be retried", anomaly_id=task.anomaly_id, detail=detail)
+
+    async def _again(self, task: Task, detail: str) -> None:
+        """Keep the task pending; it is taken up again ``recheck_s`` from now."""
         async with self._db.write() as tx:
             await tx.conn.execute(
                 update(automation_tasks)
@@ -332,14 +406,17 @@ class AutomationLoop:
                     automation_tasks.c.tenant_id == task.tenant_id,
                     automation_tasks.c.anomaly_id == task.anomaly_id,
                 )
-                .values(attempts=task.attempts + 1, detail=detail)
+                .values(
+                    attempts=task.attempts + 1,
+                    detail=detail,
+                    updated_at_us=to_micros(self._clock.now()),
+                )
             )
-        log.warning("automation task will be retried", anomaly_id=task.anomaly_id, detail=detail)
 
     async def _rank(
         self, task: Task, actor: Actor, playbook: Playbook
-    ) -> tuple[str, str, dict[str, Any]] | None:
-        """The (asset, setpoint, sim record) whose recommendation improves most, if any."""
+    ) -> tuple[float, tuple[str, str, dict[str, Any]]] | None:
+        """P(improvement) and (asset, setpoint, sim record) of the most probable improvement."""
         best: tuple[float, tuple[str, str, dict[str, Any]]] | None = None
         for action in playbook.actions:
             asset = action.asset or playbook.asset
@@ -357,7 +434,7 @@ class AutomationLoop:
             p = float(rec.get("p_improvement") or 0.0)
             if best is None or p > best[0]:
                 best = (p, (asset, action.setpoint, record))
-        return None if best is None else best[1]
+        return best
 
     async def _recommend(self, task: Task, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         from opstwin.simulation.schemas import SimRecommendIn
@@ -367,7 +444,9 @@ class AutomationLoop:
             prepared = await self._simulation.prepare_recommendation(
                 conn, task.tenant_id, parsed.model_dump(by_alias=True)
             )
-        key = f"automation:{task.anomaly_id}:{body['asset_id']}:{body['setpoint']}"
+        # One run per look (a re-evaluation must see fresh evidence, not replay the last run);
+        # a retry of the same look after a crash replays it.
+        key = f"automation:{task.anomaly_id}:{task.attempts}:{body['asset_id']}:{body['setpoint']}"
         reply = await self._simulation.submit(
             prepared,
             tenant_id=task.tenant_id,

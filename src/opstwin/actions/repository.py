@@ -30,6 +30,9 @@ OPEN_STATES = frozenset({"proposed", "scored", "awaiting_approval", "needs_analy
 ACTIVE_STATES = OPEN_STATES | IN_FLIGHT_STATES
 """States in which a proposal still holds its asset (no second proposal may start there)."""
 
+ENDED_STATES = frozenset({"rejected", "expired", "rolled_back", "failed"})
+"""States after which a proposal no longer answers its anomaly."""
+
 SUCCEEDED = "succeeded"
 FAILED_STATES = ("rolled_back", "failed")
 
@@ -184,13 +187,14 @@ async def active_on_asset(
 
 async def proposals_for_anomaly(
     conn: AsyncConnection, tenant_id: str, anomaly_id: str
-) -> list[str]:
+) -> list[tuple[str, str]]:
+    """(proposal id, state) of the proposals answering an anomaly, oldest first."""
     rows = await conn.execute(
-        select(proposals.c.proposal_id).where(
-            proposals.c.tenant_id == tenant_id, proposals.c.anomaly_id == anomaly_id
-        )
+        select(proposals.c.proposal_id, proposals.c.state)
+        .where(proposals.c.tenant_id == tenant_id, proposals.c.anomaly_id == anomaly_id)
+        .order_by(proposals.c.row_id)
     )
-    return [r.proposal_id for r in rows]
+    return [(r.proposal_id, r.state) for r in rows]
 
 
 # --- votes --------------------------------------------------------------------------------------

@@ -13,14 +13,21 @@ A consumer wakes when this process appended to the log (``ChangeLog.add_listener
 feed does) and otherwise polls, for appends by other processes. Any in-memory state a
 handler keeps is a cache of what it persisted: after a failed transaction it is reloaded
 (:meth:`LogHandler.load`) before the next page.
+
+A handler may also do a page's expensive, read-only work *before* the write transaction
+(:class:`PreparingLogHandler`): on SQLite a write transaction holds the database's one write
+lock, which every other writer waits for. ``prepare`` must not change what the handler
+treats as committed; the usual shape is to compute on copies and swap them in from
+``tx.after_commit`` in ``handle``, so a lost race or a failed commit leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 from sqlalchemy import BigInteger, Column, String, Table, insert, select, update
@@ -63,6 +70,21 @@ class LogHandler(Protocol):
         ...
 
 
+@runtime_checkable
+class PreparingLogHandler(LogHandler, Protocol):
+    """A :class:`LogHandler` that does part of a page's work outside the write transaction.
+
+    Optional: the consumer calls :meth:`prepare` when the handler has it. ``handle`` must
+    still be correct on its own (it may be called without a ``prepare`` of the same rows,
+    e.g. after a retry) and is the only place where effects become committed.
+    """
+
+    async def prepare(self, conn: AsyncConnection, rows: list[LogRow]) -> None:
+        """Called with the read connection ``rows`` were read on, right before
+        :meth:`handle` of the same ``rows``: compute what needs no write transaction."""
+        ...
+
+
 async def read_position(conn: AsyncConnection, name: str) -> int | None:
     """The committed position of consumer ``name`` (None: it never committed a page)."""
     found = await conn.execute(
@@ -99,10 +121,17 @@ async def advance_position(
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
-    """How a consumer reads: page size and the poll period for other processes' appends."""
+    """How a consumer reads: page size, the poll period for other processes' appends, and
+    how long appends may gather after a page before the next is read.
+
+    ``batch_window_s`` trades latency for throughput: while the log is busy, a consumer whose
+    cost is mostly per page (per transaction, per series touched) handles one larger page per
+    window instead of one small page per append. An idle log is still read at once.
+    """
 
     page_size: int = 500
     poll_interval_s: float = 0.5
+    batch_window_s: float = 0.0
 
 
 class LogConsumer:
@@ -124,9 +153,15 @@ class LogConsumer:
         self._changelog = changelog
         self._clock = clock
         self._handler = handler
+        self._prepare = handler.prepare if isinstance(handler, PreparingLogHandler) else None
         self._filter = flt
         self._settings = settings or ConsumerSettings()
         self._wake = asyncio.Event()
+        #: Callers in wait_for; while there are any, the batch window is cut short.
+        self._waiters = 0
+        self._hurry = asyncio.Event()
+        #: When the last page with entries for this consumer committed (event-loop time).
+        self._last_page_at = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._loaded = False
         #: The committed cursor as this process last saw it (None: no row yet).
@@ -152,12 +187,28 @@ class LogConsumer:
         self._wake.set()
 
     async def wait_for(self, seq: int) -> None:
-        """Until this consumer has scanned past ``seq`` (callers bound it with a timeout)."""
-        while self.position < seq:
-            await self._advanced.wait()
+        """Until this consumer has scanned past ``seq`` (callers bound it with a timeout).
+        A caller waiting is what the batch window trades away, so it reads at once."""
+        self._waiters += 1
+        try:
+            while self.position < seq:
+                self._hurry.set()
+                await self._advanced.wait()
+        finally:
+            self._waiters -= 1
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # Adaptive batching (ConsumerSettings.batch_window_s): right after a page, let
+            # appends gather for the rest of the window; an idle log is read at once, and so
+            # is a busy one that someone waits for.
+            self._hurry.clear()
+            delay = self._last_page_at + self._settings.batch_window_s - loop.time()
+            if delay > 0 and not self._waiters:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._hurry.wait()
             self._wake.clear()
             try:
                 while await self.step():
@@ -213,6 +264,8 @@ class LogConsumer:
                 tenant_id=None,
                 flt=self._filter,
             )
+            if page.rows and self._prepare is not None:
+                await self._prepare(conn, page.rows)
         if page.rows:
             try:
                 async with self._db.write() as tx:
@@ -232,6 +285,7 @@ class LogConsumer:
                 self._loaded = False  # the handler's in-memory state may be ahead of the db
                 raise
             self._committed = page.next_seq
+            self._last_page_at = asyncio.get_running_loop().time()
         self._moved_to(page.next_seq)
         return page.has_more
 

@@ -18,6 +18,11 @@ Exactly once by construction: the anomalies, the state that produced them and th
 their input commit together. After a crash the page is read again with the state as it was
 before it, so the same records are produced once (with fresh ids, as nothing was committed).
 
+The scoring itself happens before that transaction (``prepare``, on forks of the live
+detectors): on SQLite the write transaction holds the database's one write lock, which ingest
+requests wait for, so it holds only the writes. The forks become the live state only after
+the commit (``tx.after_commit``); a lost race or a failed commit drops them.
+
 Settings per series come from the tenant's twin models (``DetectorConfig.from_twins``); an
 ``opstwin.twin.*`` entry makes the tenant's detector reconfigure at that point of the stream
 (learnt baselines are kept).
@@ -26,8 +31,10 @@ Settings per series come from the tenant's twin models (``DetectorConfig.from_tw
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -139,18 +146,55 @@ def reported_baseline(key: SeriesKey, snapshot: BaselineSnapshot, now_us: int) -
     )
 
 
-def upsert(tx: Transaction, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> Any:
-    """``INSERT … ON CONFLICT (keys) DO UPDATE`` for both backends."""
-    dialect: Any = postgresql if tx.backend == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(rows)
+def _state_upsert(dialect: Any) -> Any:
+    """``INSERT … ON CONFLICT (key) DO UPDATE`` of one series' state, built once per dialect
+    and executed for many rows (compiled once, not per page)."""
+    stmt = dialect.insert(detector_series)
     return stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        index_elements=[c.name for c in detector_series.primary_key.columns],
+        set_={"state": stmt.excluded.state, "updated_at_us": stmt.excluded.updated_at_us},
     )
 
 
+_STATE_UPSERT = {"sqlite": _state_upsert(sqlite), "postgresql": _state_upsert(postgresql)}
+
+
+@dataclass(slots=True)
+class PageDetection:
+    """What the detector made of a page: computed before the page's transaction, written in
+    it, and made the live state only once it committed (:meth:`AnomalyDetection.handle`).
+
+    ``forks`` holds, per tenant, the live detector (or a new one, for a tenant's first
+    telemetry) and the fork of it that was fed the page.
+    """
+
+    first_seq: int
+    last_seq: int
+    count: int
+    generation: int
+    forks: dict[str, tuple[AnomalyDetector, AnomalyDetector]]
+    records: list[tuple[str, dict[str, Any]]]
+    states: list[dict[str, Any]]
+    baselines: dict[str, list[Baseline]]
+
+    def covers(self, rows: Sequence[LogRow], generation: int) -> bool:
+        """Whether this was computed for exactly ``rows``, from the current live state."""
+        return (
+            generation == self.generation
+            and len(rows) == self.count
+            and rows[0].seq == self.first_seq
+            and rows[-1].seq == self.last_seq
+        )
+
+
 class AnomalyDetection:
-    """The detector's :class:`~opstwin.aiw.consumers.LogHandler`: state per tenant."""
+    """The detector's :class:`~opstwin.aiw.consumers.PreparingLogHandler`: state per tenant.
+
+    :meth:`prepare` scores a page on forks of the live detectors, outside the write
+    transaction (on SQLite that transaction holds the one write lock every ingest request
+    needs); :meth:`handle` writes the outcome and adopts the forks after the commit. A lost
+    race or a failed commit therefore leaves the live detectors as they were committed.
+    """
 
     def __init__(
         self,
@@ -168,6 +212,9 @@ class AnomalyDetection:
         self._models = models
         self._dataschema = schemas.id_of("anomaly.v1")
         self._detectors: dict[str, AnomalyDetector] = {}
+        #: Bumped by every load: work prepared from older live state is not used.
+        self._generation = 0
+        self._prepared: PageDetection | None = None
         self.records_emitted = 0
 
     def detector(self, tenant_id: str) -> AnomalyDetector | None:
@@ -190,73 +237,81 @@ class AnomalyDetection:
         )
         for tenant_id, state in rows:
             by_tenant[tenant_id].append(jsonutil.loads(state))
-        self._detectors = {}
+        detectors: dict[str, AnomalyDetector] = {}
         for tenant_id, series in by_tenant.items():
             config = await self._config(conn, tenant_id)
-            self._detectors[tenant_id] = AnomalyDetector.from_dict(
+            detectors[tenant_id] = AnomalyDetector.from_dict(
                 {"version": STATE_VERSION, "series": series}, self._ids, config
             )
+        self._detectors = detectors
+        self._generation += 1
+        self._prepared = None
         log.info("detection.loaded", tenants=len(self._detectors))
 
-    async def _tenant(self, conn: AsyncConnection, tenant_id: str) -> AnomalyDetector:
-        detector = self._detectors.get(tenant_id)
-        if detector is None:
-            detector = AnomalyDetector(self._ids, await self._config(conn, tenant_id))
-            self._detectors[tenant_id] = detector
-        return detector
+    async def prepare(self, conn: AsyncConnection, rows: list[LogRow]) -> None:
+        """Score ``rows`` on forks of the live detectors (no write transaction needed)."""
+        self._prepared = await self._detect(conn, rows)
 
     async def handle(self, tx: Transaction, rows: list[LogRow]) -> None:
+        work, self._prepared = self._prepared, None
+        if work is None or not work.covers(rows, self._generation):
+            work = await self._detect(tx.conn, rows)
+        if work.states:
+            await tx.conn.execute(_STATE_UPSERT[tx.backend], work.states)
+        for tenant_id, baselines in work.baselines.items():
+            await record_baselines(tx, tenant_id, baselines)
+        if work.records:
+            await self._record_anomalies(tx, work.records)
+        tx.after_commit(partial(self._adopt, work))
+
+    def _adopt(self, work: PageDetection) -> None:
+        """The page committed: what its forks learnt is the live state now."""
+        for tenant_id, (live, fork) in work.forks.items():
+            self._detectors.setdefault(tenant_id, live).adopt(fork)
+        self.records_emitted += len(work.records)
+
+    async def _detect(self, conn: AsyncConnection, rows: list[LogRow]) -> PageDetection:
+        forks: dict[str, tuple[AnomalyDetector, AnomalyDetector]] = {}
         pending: dict[str, list[Any]] = defaultdict(list)  # tenant → points not yet fed
-        touched: dict[str, set[SeriesKey]] = defaultdict(set)
         records: list[tuple[str, dict[str, Any]]] = []
+
+        async def fork_of(tenant_id: str) -> AnomalyDetector:
+            pair = forks.get(tenant_id)
+            if pair is None:
+                live = self._detectors.get(tenant_id)
+                if live is None:
+                    live = AnomalyDetector(self._ids, await self._config(conn, tenant_id))
+                pair = forks[tenant_id] = (live, live.fork())
+            return pair[1]
 
         async def flush(tenant_id: str) -> None:
             points = pending.pop(tenant_id, None)
             if points:
-                detector = await self._tenant(tx.conn, tenant_id)
-                records.extend((tenant_id, r) for r in detector.process_events(points))
+                fork = await fork_of(tenant_id)
+                records.extend((tenant_id, r) for r in fork.process_events(points))
 
         for row in rows:
             if row.type.startswith(TWIN_EVENTS_PREFIX):
                 # Points before the model change are judged with the settings they came under.
                 await flush(row.tenant_id)
-                if row.tenant_id in self._detectors:
-                    config = await self._config(tx.conn, row.tenant_id)
-                    self._detectors[row.tenant_id].reconfigure(config)
+                if row.tenant_id in forks or row.tenant_id in self._detectors:
+                    config = await self._config(conn, row.tenant_id)
+                    (await fork_of(row.tenant_id)).reconfigure(config)
                 continue
-            points = jsonutil.loads(row.envelope)["data"]["points"]
-            pending[row.tenant_id].extend(points)
-            keys = touched[row.tenant_id]
-            for point in points:
-                twin_id, asset_id = point["twin_id"], point["asset_id"]
-                keys.update(SeriesKey(twin_id, asset_id, metric) for metric in point["metrics"])
+            pending[row.tenant_id].extend(jsonutil.loads(row.envelope)["data"]["points"])
         for tenant_id in list(pending):
             await flush(tenant_id)
 
+        # Every series the page fed: its learnt state, and the baseline its asset reports
+        # (in key order, as record_baselines locks rows in).
         now_us = to_micros(self._clock.now())
-        await self._save_state(tx, touched, now_us)
-        for tenant_id, keys in touched.items():
-            detector = self._detectors[tenant_id]
-            baselines = [
-                reported_baseline(key, snapshot, now_us)
-                for key in sorted(keys)
-                if (snapshot := detector.baseline(key)) is not None
-            ]
-            await record_baselines(tx, tenant_id, baselines)
-        if records:
-            await self._record_anomalies(tx, records)
-
-    async def _save_state(
-        self, tx: Transaction, touched: Mapping[str, set[SeriesKey]], now_us: int
-    ) -> None:
-        for tenant_id, keys in touched.items():
+        states: list[dict[str, Any]] = []
+        baselines: dict[str, list[Baseline]] = {}
+        for tenant_id, (_, fork) in forks.items():
+            keys = sorted(fork.touched())
             if not keys:
                 continue
-            state = self._detectors[tenant_id].to_dict()["series"]
-            wanted = [
-                s for s in state if SeriesKey(s["twin_id"], s["asset_id"], s["metric"]) in keys
-            ]
-            values = [
+            states.extend(
                 {
                     "tenant_id": tenant_id,
                     "twin_id": s["twin_id"],
@@ -265,15 +320,23 @@ class AnomalyDetection:
                     "state": jsonutil.dumps_str(s),
                     "updated_at_us": now_us,
                 }
-                for s in wanted
+                for s in fork.to_dict(keys)["series"]
+            )
+            baselines[tenant_id] = [
+                reported_baseline(key, snapshot, now_us)
+                for key in keys
+                if (snapshot := fork.baseline(key)) is not None
             ]
-            for start in range(0, len(values), _UPSERT_CHUNK):
-                chunk = values[start : start + _UPSERT_CHUNK]
-                await tx.conn.execute(
-                    upsert(
-                        tx, detector_series, chunk, ("tenant_id", "twin_id", "asset_id", "metric")
-                    )
-                )
+        return PageDetection(
+            first_seq=rows[0].seq,
+            last_seq=rows[-1].seq,
+            count=len(rows),
+            generation=self._generation,
+            forks=forks,
+            records=records,
+            states=states,
+            baselines=baselines,
+        )
 
     async def _record_anomalies(
         self, tx: Transaction, records: list[tuple[str, dict[str, Any]]]
@@ -330,11 +393,14 @@ class AnomalyDetection:
             )
         if opened:
             await tx.conn.execute(anomalies.insert(), opened)
-        self.records_emitted += len(records)
 
 
-# Rows per upsert statement: SQLite allows 32,766 bound parameters per statement.
-_UPSERT_CHUNK = 500
+#: How long telemetry may gather after a detector page before the next is read, unless the
+#: caller's ConsumerSettings set a window. Much of a page's cost is per page and per series
+#: touched (the transaction, each series' state and baseline rows, a vectorised pass per
+#: series), so under sustained ingest one page per window costs the ingest path far less
+#: than one page per request; it adds at most this much to the detection latency.
+BATCH_WINDOW_S = 0.1
 
 
 def detection_consumer(
@@ -347,7 +413,10 @@ def detection_consumer(
     models: TwinModels | None,
     settings: ConsumerSettings,
 ) -> tuple[LogConsumer, AnomalyDetection]:
-    """The detection handler and the consumer that runs it (started by the app lifespan)."""
+    """The detection handler and the consumer that runs it (started by the app lifespan).
+    A ``settings.batch_window_s`` of 0 means :data:`BATCH_WINDOW_S`."""
+    if not settings.batch_window_s:
+        settings = replace(settings, batch_window_s=BATCH_WINDOW_S)
     handler = AnomalyDetection(
         changelog=changelog, schemas=schemas, clock=clock, ids=ids, models=models
     )

@@ -10,7 +10,13 @@ belong to committed — telemetry rows, their change-log entries and any dead le
 ``db.write()`` transaction through :class:`TelemetryIngestor`. A crash between commit and
 acknowledgement makes the broker deliver the batch again: delivery is at least once, and
 events that carry an ``event_id`` are stored once (the ingestor acknowledges a duplicate
-without storing it). Flat payloads carry no id; each delivery is a sample taken at receipt.
+without storing it). An event without one but with its own ``ts`` — a flat payload with a
+``"ts"`` key, or a telemetry.v1 object without ``event_id`` — gets an id derived from its
+topic and content (:func:`derived_event_id`), so a redelivered copy is a duplicate too: the
+same topic, time and values are the same reading. Without a ``ts`` the event is a sample
+taken at receipt and nothing tells a redelivery from a new reading that repeats the last
+values (a stuck sensor does exactly that), so it is stored again: publishers that need
+exactly-once send ``ts`` or ``event_id``.
 PUBACKs go out in the order the messages arrived (MQTT 3.1.1 §4.6).
 
 Batching: a batch is committed when it holds ``batch_size`` messages, when its first
@@ -23,8 +29,9 @@ PUBACKs of a batch are queued together after its commit and leave in one socket 
 
 Payload mappings (topic ``<prefix>/<twin_id>/<asset_id>/<suffix>``, levels 2 and 3):
 
-* **flat**: ``{"temp": 62.1, "pressure": 10.2}`` — every key a metric; twin and asset from the
-  topic; ``ts`` the time of receipt;
+* **flat**: ``{"temp": 62.1, "pressure": 10.2}`` — every key a metric, except ``ts`` (the
+  time of the reading, RFC 3339) when present; twin and asset from the topic; without ``ts``
+  the time of receipt;
 * **telemetry.v1**: an object with ``metrics`` (and optionally ``event_id``, ``ts``, ``tags``,
   ``units``, ``quality``, ``twin_id``/``asset_id`` — which must then agree with the topic), or
   a JSON array of such objects. A missing ``ts`` is the time of receipt.
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,6 +61,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from opstwin.config import MqttSettings
+from opstwin.kit import jsonutil
 from opstwin.kit.clock import Clock, rfc3339
 from opstwin.kit.db import Database
 from opstwin.kit.errors import OpsTwinError
@@ -122,15 +131,38 @@ def map_payload(topic: str, payload: bytes, received_at: datetime) -> Mapped:
                     return Mapped(
                         reason=f"payload{where} {key} {event[key]!r} differs from the topic's {expected!r}"
                     )
+            if event.get("event_id") is None and "ts" in item:
+                event["event_id"] = derived_event_id(topic, item)
             event.setdefault("ts", ts)
             events.append(event)
         elif isinstance(body, list):
             return Mapped(reason=f"payload{where} has no metrics (arrays hold telemetry.v1 events)")
         elif not item:
             return Mapped(reason="payload is an empty object")
-        else:  # flat: every key a metric
+        elif item.keys() == {"ts"}:
+            return Mapped(reason="payload has a ts but no metrics")
+        elif "ts" in item:  # flat, with the time of the reading
+            metrics = {k: v for k, v in item.items() if k != "ts"}
+            events.append(
+                {
+                    "event_id": derived_event_id(topic, item),
+                    "twin_id": twin_id,
+                    "asset_id": asset_id,
+                    "ts": item["ts"],
+                    "metrics": metrics,
+                }
+            )
+        else:  # flat: every key a metric, read at receipt
             events.append({"twin_id": twin_id, "asset_id": asset_id, "ts": ts, "metrics": item})
     return Mapped(events=events)
+
+
+def derived_event_id(topic: str, event: dict[str, Any]) -> str:
+    """``mqtt_`` + 128 bits of SHA-256 over the topic and the event as published (keys
+    sorted): the same reading delivered twice gets the same id, so the ingestor stores it
+    once. Only for events that carry their own ``ts`` (see the module docstring)."""
+    digest = hashlib.sha256(topic.encode() + b"\0" + jsonutil.canonical(event)).hexdigest()
+    return f"mqtt_{digest[:32]}"
 
 
 def rejection_reason(rejection: Rejection) -> str:

@@ -56,7 +56,8 @@ spikes, ``inspect_sensor`` for flatlines, ``none`` on resolution records.
 
 Layout: :mod:`.kinds` (kind registry, scoring), :mod:`.config` (settings per series, from the
 twin model), :mod:`.state` (what persists), :mod:`.tracker` (one series: the per-sample
-reference loop and its vectorised fast path), :mod:`.detector` (many series, batches, state).
+reference loop), :mod:`.fastpath` (quiet stretches vectorised, many series at once),
+:mod:`.detector` (many series, batches, state, forks that are adopted or dropped).
 """
 
 from opstwin.telemetry.anomaly.config import DetectorConfig, SeriesConfig, SeriesKey

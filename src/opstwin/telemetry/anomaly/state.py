@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +49,13 @@ class Excursion:
         self.win_n = 0
         self.win_mean_k = self.win_mean_x = self.win_m2_k = self.win_m2_x = self.win_c_kx = 0.0
 
+    def copy(self) -> Excursion:
+        return replace(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``dataclasses.asdict`` (every field is a plain value), without its recursion."""
+        return {name: getattr(self, name) for name in _EXCURSION_FIELDS}
+
 
 @dataclass(slots=True)
 class SeriesState:
@@ -76,6 +83,25 @@ class SeriesState:
     ac_decay: float = 1.0
     excursion: Excursion | None = None
 
+    def copy(self) -> SeriesState:
+        """An independent copy (what a forked detector works on until it is adopted)."""
+        excursion = self.excursion
+        return replace(
+            self,
+            recent_z=list(self.recent_z),
+            excursion=None if excursion is None else excursion.copy(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``dataclasses.asdict``, field for field, at a fraction of its cost (it deep-copies
+        every value through a generic recursion; this state is saved for every series a
+        detector page touches)."""
+        out = {name: getattr(self, name) for name in _STATE_FIELDS}
+        out["recent_z"] = list(self.recent_z)
+        excursion = self.excursion
+        out["excursion"] = None if excursion is None else excursion.to_dict()
+        return out
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SeriesState:
         values = dict(data)
@@ -83,6 +109,10 @@ class SeriesState:
         state = cls(**values)
         state.excursion = None if excursion is None else Excursion(**excursion)
         return state
+
+
+_EXCURSION_FIELDS = tuple(f.name for f in fields(Excursion))
+_STATE_FIELDS = tuple(f.name for f in fields(SeriesState))
 
 
 @dataclass(frozen=True, slots=True)

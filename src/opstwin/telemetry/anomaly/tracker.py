@@ -1,16 +1,11 @@
-"""One series: the per-sample reference loop and its vectorised fast path.
+"""One series: the per-sample reference loop.
 
 :meth:`SeriesTracker.step` is the definition of the detector's behaviour, one sample at a
-time. :meth:`SeriesTracker.run` processes a batch: while the series is quiet (no open
-excursion, warm, correlation learnt) it computes a whole chunk at once — mean and variance
-with ``scipy.signal.lfilter`` (first-order linear filters, bit-identical to the scalar
-updates), the correlation statistics the same way, the CUSUM with the Lindley identity
-``S_t = C_t − min(0, min_{j≤t} C_j)`` over the cumulative sum ``C``, flat runs from the
-index of the last move — and commits the chunk up to the first sample where anything could
-fire. From there :meth:`step` takes over until the series has been quiet again for a few
-samples. Warm-up, excursions and short batches go through :meth:`step` too. The CUSUM is
-the one statistic whose vectorised form rounds differently (by ~1e-13), so a batch and the
-same points fed one at a time agree to rounding, not bit for bit.
+time. Quiet stretches (no open excursion, warm, correlation learnt) are computed in bulk by
+:mod:`~opstwin.telemetry.anomaly.fastpath`, which commits a series up to the first sample
+where anything could fire; :meth:`SeriesTracker.resume` takes over from there until the
+series has been quiet again for a few samples. Warm-up, excursions and short batches go
+through :meth:`~SeriesTracker.step` too.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter
 
 from opstwin.kit.clock import from_micros, rfc3339
 from opstwin.kit.ids import IdSource
@@ -73,15 +67,11 @@ DRIFT_SETTLED_CHANGE = 1.0
 # Once (1 − α)^n is below this, 1 − (1 − α)^n is exactly 1.0: the decay is flushed to 0
 # rather than carried on into subnormal numbers (slow, and pointless).
 DECAY_FLUSH = 1e-30
-# The vectorised CUSUM differs from the per-sample one by rounding; hand over to the exact
-# loop slightly before the decision interval so no alarm is decided on rounded values.
-CUSUM_HANDOFF_MARGIN = 1e-6
 # z is reported (and stored) capped: a zero-variance baseline can make it overflow.
 Z_CAP = 1e9
-# Work sizes: a vectorised chunk (bounded so an early event wastes little work), the shortest
-# stretch worth vectorising (numpy call overhead ~ dozens of per-sample steps), quiet samples
-# the loop wants before handing back, and how many samples it converts to floats at a time.
-FAST_CHUNK = 4096
+# Work sizes: the shortest stretch worth vectorising (numpy call overhead ~ dozens of
+# per-sample steps), quiet samples the loop wants before handing back, and how many samples
+# it converts to floats at a time.
 FAST_MIN_POINTS = 64
 SCALAR_RESUME_AFTER = 8
 SCALAR_SLICE = 256
@@ -100,16 +90,12 @@ class SeriesTracker:
         self.ids = ids
         self.state = state
 
-    def run(self, ts: IntArray, xs: FloatArray, out: list[Emitted]) -> None:
-        i, total = 0, len(xs)
-        while i < total:
-            if self._steady() and total - i >= FAST_MIN_POINTS:
-                i = self._fast(ts, xs, i)
-                if i >= total:
-                    break
-            i = self._loop(ts, xs, i, out)
+    def copy(self, cfg: SeriesConfig) -> SeriesTracker:
+        """The same series and state (copied), with settings ``cfg``."""
+        return SeriesTracker(self.key, cfg, self.ids, self.state.copy())
 
-    def _steady(self) -> bool:
+    def steady(self) -> bool:
+        """Quiet and fully learnt: the fast path may compute the next samples in bulk."""
         st = self.state
         return (
             st.excursion is None
@@ -118,8 +104,9 @@ class SeriesTracker:
             and len(st.recent_z) == DIFF_LAG
         )
 
-    def _loop(self, ts: IntArray, xs: FloatArray, i: int, out: list[Emitted]) -> int:
-        """Per-sample processing from ``i`` until the series has been quiet for a while."""
+    def resume(self, ts: IntArray, xs: FloatArray, i: int, out: list[Emitted]) -> int:
+        """Per-sample processing from ``i`` until the series has been quiet for a while (and
+        enough samples remain to be worth vectorising); returns where it stopped."""
         total = len(xs)
         quiet = 0
         while i < total:
@@ -127,7 +114,7 @@ class SeriesTracker:
             for t, x in zip(ts[i:stop].tolist(), xs[i:stop].tolist(), strict=True):
                 self.step(t, x, out)
                 i += 1
-                if not self._steady():
+                if not self.steady():
                     quiet = 0
                     continue
                 quiet += 1
@@ -203,7 +190,7 @@ class SeriesTracker:
         n = st.ac_n
         if n:
             margin = cfg.ac_margin if n >= cfg.ac_n_eff else 2.0 * math.sqrt(2.0 / n)
-            scale = _drift_scale(st.diff1_sq, st.diff_lag_sq, 1.0 - st.ac_decay, margin)
+            scale = drift_scale(st.diff1_sq, st.diff_lag_sq, 1.0 - st.ac_decay, margin)
         recent = st.recent_z
         if len(recent) < DIFF_LAG:  # just after an excursion: nothing to difference yet
             return scale
@@ -240,97 +227,6 @@ class SeriesTracker:
         if st.cusum_neg >= cfg.cusum_h:
             return -(st.cusum_neg / st.cusum_neg_len + cfg.cusum_k) / scale
         return 0.0
-
-    def _fast(self, ts: IntArray, xs: FloatArray, i: int) -> int:
-        """Vectorised :meth:`step` over a quiet stretch; commits up to the first sample that
-        could open an anomaly and returns its index (or the end of the chunk)."""
-        cfg, st = self.cfg, self.state
-        x = xs[i : i + FAST_CHUNK]
-        count = len(x)
-        den = (1.0, -cfg.keep)
-        mean = lfilter((cfg.alpha,), den, x, zi=(cfg.keep * st.mean,))[0]
-        mean_prev = np.empty(count)
-        mean_prev[0] = st.mean
-        mean_prev[1:] = mean[:-1]
-        d = x - mean_prev
-        var = lfilter((cfg.keep_alpha,), den, d * d, zi=(cfg.keep * st.var,))[0]
-        var_prev = np.empty(count)
-        var_prev[0] = st.var
-        var_prev[1:] = var[:-1]
-        s = np.sqrt(var_prev)
-        z = d / np.maximum(s, np.maximum(REL_STD_FLOOR * np.abs(mean_prev), cfg.std_floor))
-
-        hot = np.abs(z) >= cfg.z_threshold
-        if cfg.hard_low > -math.inf or cfg.hard_high < math.inf:
-            hot |= (x < cfg.hard_low) | (x > cfg.hard_high)
-        prev = np.empty(count)
-        prev[0] = st.mean if st.last_value is None else st.last_value  # set once n > 0
-        prev[1:] = x[:-1]
-        idx = np.arange(count)
-        last_move = np.maximum.accumulate(
-            np.where(np.abs(x - prev) > cfg.flatline_tolerance, idx, -1)
-        )
-        flat_run = np.where(last_move >= 0, idx - last_move, st.flat_run + idx + 1)
-        hot |= (flat_run >= cfg.flatline_window - 1) & (s > cfg.flat_min_std)
-
-        z_ext = np.concatenate((np.asarray(st.recent_z, dtype=np.float64), z))
-        ac_den = (1.0, -cfg.ac_keep)
-        step1 = z - z_ext[DIFF_LAG - 1 : DIFF_LAG - 1 + count]
-        step_lag = z - z_ext[:count]
-        diff1 = lfilter((cfg.ac_alpha,), ac_den, step1 * step1, zi=(cfg.ac_keep * st.diff1_sq,))[0]
-        diff_lag = lfilter(
-            (cfg.ac_alpha,), ac_den, step_lag * step_lag, zi=(cfg.ac_keep * st.diff_lag_sq,)
-        )[0]
-        # (1 − α)^n before each sample, by the same left-to-right products as the loop.
-        decay = np.full(count + 1, cfg.ac_keep)
-        decay[0] = st.ac_decay
-        np.cumprod(decay, out=decay)
-        decay[decay < DECAY_FLUSH] = 0.0
-        if st.ac_n >= cfg.ac_n_eff:
-            margin: FloatArray | float = cfg.ac_margin
-        else:
-            margin = 2.0 * np.sqrt(2.0 / np.minimum(st.ac_n + idx, cfg.ac_n_eff))
-        zs = z * _drift_scales(
-            _previous(st.diff1_sq, diff1),
-            _previous(st.diff_lag_sq, diff_lag),
-            1.0 - decay[:count],
-            margin,
-        )
-        if cfg.drift_method == "ewma":
-            ewma = lfilter(
-                (cfg.ewma_smoothing,), (1.0, -cfg.ewma_keep), zs, zi=(cfg.ewma_keep * st.ewma_z,)
-            )[0]
-            hot |= np.abs(ewma) >= cfg.ewma_limit_z
-        else:
-            # Lindley: S_t = max(0, S_{t-1} + y_t) equals C_t − min(0, min_{j≤t} C_j) with
-            # C the cumulative sum of y started at S_0.
-            up = _cusum(st.cusum_pos, zs - cfg.cusum_k)
-            down = _cusum(st.cusum_neg, -zs - cfg.cusum_k)
-            limit = cfg.cusum_h - CUSUM_HANDOFF_MARGIN
-            hot |= (up >= limit) | (down >= limit)
-
-        first = int(np.argmax(hot)) if hot.any() else count
-        if first:
-            j = first - 1
-            st.mean, st.var, st.n = float(mean[j]), float(var[j]), st.n + first
-            st.z, st.last_value, st.last_ts = float(z[j]), float(x[j]), int(ts[i + j])
-            st.flat_run = int(flat_run[j])
-            st.diff1_sq, st.diff_lag_sq = float(diff1[j]), float(diff_lag[j])
-            st.ac_n += first
-            st.ac_decay = float(decay[first])
-            st.recent_z = z_ext[first : first + DIFF_LAG].tolist()
-            if cfg.drift_method == "ewma":
-                st.ewma_z = float(ewma[j])
-            else:
-                st.cusum_pos, st.cusum_pos_len = (
-                    float(up[j]),
-                    _positive_run(up, j, st.cusum_pos_len),
-                )
-                st.cusum_neg, st.cusum_neg_len = (
-                    float(down[j]),
-                    _positive_run(down, j, st.cusum_neg_len),
-                )
-        return i + first
 
     def _open(
         self, kind: str, t: int, x: float, z: float, s_eff: float, shift: float, out: list[Emitted]
@@ -508,7 +404,7 @@ class SeriesTracker:
         )
 
 
-def _drift_scale(diff1_sq: float, diff_lag_sq: float, debias: float, margin: float) -> float:
+def drift_scale(diff1_sq: float, diff_lag_sq: float, debias: float, margin: float) -> float:
     """1/sqrt(I) from the difference EWMAs (before bias correction) after at least one update;
     ``margin`` is two standard errors of 1 − E[d²]/2 on white noise, 2·sqrt(2/n_eff)."""
     rho = 1.0 - diff1_sq / debias / 2.0 - margin
@@ -519,37 +415,3 @@ def _drift_scale(diff1_sq: float, diff_lag_sq: float, debias: float, margin: flo
     short_memory = (1.0 + phi) / (1.0 - phi)
     slow = 1.0 + share * SLOW_GAIN
     return 1.0 / math.sqrt(short_memory if short_memory > slow else slow)
-
-
-def _drift_scales(
-    diff1_sq: FloatArray, diff_lag_sq: FloatArray, debias: FloatArray, margin: FloatArray | float
-) -> FloatArray:
-    """:func:`_drift_scale` elementwise, same operations; 1 where nothing was learnt yet."""
-    learnt = debias > 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):  # only where nothing was learnt
-        rho = np.clip(1.0 - diff1_sq / debias / 2.0 - margin, 0.0, CORRELATION_MAX)
-        share = np.clip(1.0 - diff_lag_sq / debias / 2.0 - margin, 0.0, CORRELATION_MAX)
-    phi = (1.0 - DRIFT_HORIZON_LAMBDA) * rho
-    scale = 1.0 / np.sqrt(np.maximum((1.0 + phi) / (1.0 - phi), 1.0 + share * SLOW_GAIN))
-    result: FloatArray = np.where(learnt, scale, 1.0)
-    return result
-
-
-def _previous(first: float, values: FloatArray) -> FloatArray:
-    """``values`` shifted one sample later, ``first`` in front: the state before each sample."""
-    out = np.empty(len(values))
-    out[0] = first
-    out[1:] = values[:-1]
-    return out
-
-
-def _cusum(start: float, steps: FloatArray) -> FloatArray:
-    total: FloatArray = start + np.cumsum(steps)
-    result: FloatArray = total - np.minimum(np.minimum.accumulate(total), 0.0)
-    return result
-
-
-def _positive_run(stat: FloatArray, j: int, before: int) -> int:
-    """Samples since ``stat`` was last 0, at index ``j`` (``before``: the run into the chunk)."""
-    zeros = np.flatnonzero(stat[: j + 1] <= 0.0)
-    return int(j - zeros[-1]) if zeros.size else before + j + 1

@@ -5,7 +5,10 @@ Two parts, so that nothing is lost or done twice when the process is killed at a
 * **Intake** — a change-log consumer (:class:`~opstwin.aiw.consumers.LogConsumer`, name
   ``automation``, with its own persisted cursor) that reads ``opstwin.anomaly.detected`` and, for
   each one whose ``recommended_next`` is ``sim_run``, inserts a *task* in ``automation_tasks``
-  in the same transaction as its cursor. Every anomaly becomes exactly one task.
+  in the same transaction as its cursor. Every anomaly becomes exactly one task. An anomaly the
+  detector only asks to ``observe`` (a low spike) becomes a task too, taken up ``recheck_s``
+  later and only if the anomaly is still open: an excursion that lasts is acted on even when
+  its first alarm looked transient (the detector keeps an excursion's first kind and severity).
 * **Worker** — takes pending tasks in order and, for each: finds the twin's playbook for
   (asset, metric, kind); skips it when a proposal is still active on an asset the playbook would
   change ("never two proposals in flight for the same asset"); ranks the playbook's candidate
@@ -108,8 +111,12 @@ class AnomalyIntake:
             if row.type != ANOMALY_DETECTED:
                 continue
             data = jsonutil.loads(row.envelope).get("data") or {}
-            if data.get("recommended_next") != "sim_run":
+            nxt = data.get("recommended_next")
+            if nxt not in ("sim_run", "observe"):
                 continue
+            # "observe" (a low spike): watched, and taken up like the others only if it is still
+            # open ``recheck_s`` later — a sustained excursion is no transient.
+            watching = nxt == "observe"
             values.append(
                 {
                     "tenant_id": row.tenant_id,
@@ -120,8 +127,8 @@ class AnomalyIntake:
                     "kind": str(data["kind"]),
                     "state": "pending",
                     "proposal_id": None,
-                    "detail": None,
-                    "attempts": 0,
+                    "detail": "watching: acted on if it lasts" if watching else None,
+                    "attempts": 1 if watching else 0,
                     "created_at_us": now_us,
                     "updated_at_us": now_us,
                 }
@@ -424,7 +431,7 @@ class AutomationLoop:
                 "twin_id": task.twin_id,
                 "asset_id": asset,
                 "setpoint": action.setpoint,
-                "anomaly": {"kind": task.kind, "metric": task.metric},
+                "anomaly": {"kind": task.kind, "metric": task.metric, "asset_id": task.asset_id},
                 "samples": self._samples,
             }
             record = await self._recommend(task, actor, body)

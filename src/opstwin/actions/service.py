@@ -15,7 +15,7 @@ actions in flight, the asset's controls and open anomalies as committed at that 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -615,14 +615,7 @@ class ProposalService:
         limit: int | None,
     ) -> dict[str, Any]:
         size = self._page_size(limit)
-        before_row = None
-        if before is not None:
-            before_row = await repo.row_id_of(conn, tenant_id, before)
-            if before_row is None:
-                raise BadRequest(
-                    f"before: no proposal {before!r} in this tenant (pass a `next_before`)",
-                    errors=[FieldError(detail="unknown proposal", parameter="before")],
-                )
+        before_row = await _before_row(conn, tenant_id, before, repo.row_id_of, "proposal")
         rows, more = await repo.page_proposals(
             conn, tenant_id, flt, before_row=before_row, limit=size
         )
@@ -645,14 +638,7 @@ class ProposalService:
         limit: int | None,
     ) -> dict[str, Any]:
         size = self._page_size(limit)
-        before_row = None
-        if before is not None:
-            before_row = await repo.action_row_id(conn, tenant_id, before)
-            if before_row is None:
-                raise BadRequest(
-                    f"before: no action {before!r} in this tenant (pass a `next_before`)",
-                    errors=[FieldError(detail="unknown action", parameter="before")],
-                )
+        before_row = await _before_row(conn, tenant_id, before, repo.action_row_id, "action")
         rows, more = await repo.page_actions(
             conn,
             tenant_id,
@@ -685,3 +671,22 @@ class ProposalService:
                     f"not {'/'.join(states)}, after {timeout_s:g} s"
                 )
             await asyncio.sleep(0.02)
+
+
+async def _before_row(
+    conn: AsyncConnection,
+    tenant_id: str,
+    before: str | None,
+    lookup: Callable[[AsyncConnection, str, str], Awaitable[int | None]],
+    what: str,
+) -> int | None:
+    """The keyset position of a ``before`` id (400 when the tenant has no such item)."""
+    if before is None:
+        return None
+    row = await lookup(conn, tenant_id, before)
+    if row is None:
+        raise BadRequest(
+            f"before: no {what} {before!r} in this tenant (pass a `next_before`)",
+            errors=[FieldError(detail=f"unknown {what}", parameter="before")],
+        )
+    return row

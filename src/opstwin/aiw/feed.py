@@ -233,6 +233,11 @@ class LogFeed:
                 marks = await self._changelog.marks(conn)
                 if marks.head <= self.position:
                     return
+                if not self._subscribers:
+                    # Nobody to fan out to: move on without reading or rendering the entries (a
+                    # subscriber that arrives later catches up from the database itself).
+                    self._moved(marks.head)
+                    return
                 page = await self._changelog.read(
                     conn, after=self.position, upto=marks.head, limit=_READ_BATCH, tenant_id=None
                 )
@@ -244,9 +249,12 @@ class LogFeed:
             ]
             delivered = sum(sub.offer(entries) for sub in list(self._subscribers))
             self._metrics.feed_deliveries.inc(delivered)
-            self.position = page.next_seq
-            self._metrics.changelog_head.set(self.position)
-            advanced, self._advanced = self._advanced, asyncio.Event()
-            advanced.set()
+            self._moved(page.next_seq)
             if not page.has_more:
                 return
+
+    def _moved(self, position: int) -> None:
+        self.position = position
+        self._metrics.changelog_head.set(position)
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()

@@ -35,6 +35,12 @@ TRUSTING = {
 
 
 @pytest.fixture
+def backend() -> str:
+    """SQLite: the loop on PostgreSQL (with Mosquitto) is tests/actions/test_mqtt_e2e.py."""
+    return "sqlite"
+
+
+@pytest.fixture
 async def settings(db_settings: Settings) -> Settings:
     actions = db_settings.actions.model_copy(
         update={

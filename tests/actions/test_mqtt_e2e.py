@@ -36,7 +36,7 @@ from tests.actions.mqtt_plant import (
     wait_connected,
 )
 from tests.actions.plant_fixtures import ETCH, wait_until
-from tests.conftest import Keys
+from tests.conftest import Keys, require_service
 from tests.plant.mqtt_helpers import Recorder, recording
 
 pytestmark = pytest.mark.mqtt
@@ -59,6 +59,14 @@ DRIFT_RATE_PER_S = 0.4
 threshold (z >= 4.5, noise on top of the ramp) before the CUSUM alarms, and a low-severity
 spike is only observed, never proposed for. At 0.4 °C/s the CUSUM wins in all but ~0.2 % of
 simulated runs, about 2 s after the injection."""
+
+
+@pytest.fixture
+def backend() -> str:
+    """PostgreSQL + Mosquitto (issue 6 asks for the loop there); the same paths run on SQLite in
+    process (test_proposals_e2e.py, test_automation_e2e.py)."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    return "postgresql"
 
 
 @pytest.fixture

@@ -33,3 +33,14 @@ def test_every_doc_the_readme_links_exists() -> None:
     for doc in ("concepts", "api", "operations", "benchmarks"):
         assert f"docs/{doc}.md" in readme
         assert (ROOT / "docs" / f"{doc}.md").exists()
+
+
+def test_the_readme_configuration_table_is_the_operations_table() -> None:
+    def rows(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if line.startswith("| `OPSTWIN_")]
+
+    readme = rows(ROOT / "README.md")
+    assert readme, "README.md lost its configuration table"
+    assert readme == rows(ROOT / "docs" / "operations.md"), (
+        "README.md's configuration table differs from docs/operations.md: copy the rows over"
+    )

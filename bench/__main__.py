@@ -17,6 +17,7 @@ BENCHMARKS = [
     "mqtt",
     "decision",
     "plant",
+    "loop",
 ]
 
 

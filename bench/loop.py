@@ -6,23 +6,23 @@ latency_report; latency_report(["sqlite", "postgresql"], fault="offset")'``.
 
 **Latency.** The example fab twin as the end-to-end tests run it (``tests/actions/
 plant_fixtures.py``): chuck time constant 0.3 s, 10 Hz sampling, ``esc_temp_sp`` ramping at
-20 °C/s, 30 s of history backfilled so the detector's baseline is mature, and a policy under
-which the loop's proposals auto-execute with a 1 s verification window. The app runs in process
-with the loop tuned for latency (:data:`LATENCY_ACTIONS`, :data:`LATENCY_AUTOMATION`). Each
-fault is the end-to-end tests' drift on ``etch_tool_7/temp_c``: the heater's bias moves by
-3 °C at 1.5 °C/s, away from its calibrated value and back again, alternately up and down, so
-every fault starts with the chuck at 60 °C, compensated and settled. The bias is changed
-between two plant steps by the telemetry sink, so the first sample it moved is known exactly:
-every time below is measured from that sample's timestamp, with the platform's own stamps (the
-anomaly's change-log entry, the automation task, the simulation run, the proposal's
-transitions, the action's write log).
+20 °C/s, 30 s of history backfilled so the detector's baseline is mature, and a policy under which
+the loop's proposals auto-execute with a 1 s verification window. The app runs in process with
+the loop tuned for latency (:data:`LATENCY_ACTIONS`, :data:`LATENCY_AUTOMATION`). Each fault is
+the end-to-end tests' drift on ``etch_tool_7/temp_c`` (or a step, ``fault="offset"``): the
+heater's bias moves by 3 °C at 1.5 °C/s, away from its calibrated value and back again,
+alternately up and down, so every fault starts with the chuck at 60 °C, compensated and settled.
+The bias is changed between two plant steps by the telemetry sink, so the first sample it moved
+is known exactly: every time below is measured from that sample's timestamp, with the platform's
+own stamps (the anomaly's change-log entry, the automation task, the simulation run, the
+proposal's transitions, the action's write log).
 
-The playbook's 11 candidate setpoints are 3 °C apart in the bench's twin (the example's are
-1 °C apart). The loop proposes the best candidate as soon as it improves with P ≥ 0.95, and the
+The playbook's 11 candidate setpoints are 3 °C apart in the bench's twin (the example's are 1 °C
+apart). The loop proposes the best candidate as soon as it improves with P ≥ 0.95, and the
 simulation's tracking-error input is the mean of the chuck's 20 newest readings, which fills
-with the fault over 2 s: on a 1 °C grid the first proposal is a partial correction (2 of 3 °C),
-after which the anomaly stays open until the detector relearns its baseline (40 s) and the next
-fault cannot start from a normal state.
+with the fault over 2 s: on a 1 °C grid the first proposal is a partial correction (1 or 2 of
+3 °C), after which the anomaly stays open until the detector relearns its baseline (40 s) and the
+next fault cannot start from a normal state.
 
 The time is split into the plant's own dynamics and the platform's part:
 

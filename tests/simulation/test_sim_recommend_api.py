@@ -17,8 +17,10 @@ import pytest
 import yaml
 
 from opstwin.config import Settings
+from opstwin.kit.clock import to_micros
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
+from opstwin.twins.tables import setpoint_state
 from tests.conftest import Keys
 
 FAB = Path(__file__).resolve().parents[2] / "examples" / "fab-line.yaml"
@@ -419,3 +421,88 @@ async def test_a_tracking_error_moves_the_recommendation_by_the_offset(
     assert error["mean"] == pytest.approx(3.0)
     assert record["recommendation"]["current"] == 60.0
     assert record["recommendation"]["recommended"] == 57.0
+
+
+async def _first_anomaly(
+    client: httpx.AsyncClient, keys: Keys, metric: str, deadline_s: float = 15.0
+) -> dict[str, Any]:
+    """The first anomaly the detector opens on the etch tool's ``metric`` (waits for it)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        response = await client.get(
+            "/anomalies",
+            params={"twin_id": TWIN, "asset_id": ETCH},
+            headers=keys.headers(Role.viewer),
+        )
+        assert response.status_code == 200, response.text
+        found = [a for a in response.json()["items"] if a["record"]["metric"] == metric]
+        if found:
+            return {"anomaly_id": found[-1]["anomaly_id"], **found[-1]["record"]}
+        assert loop.time() < end, f"no anomaly on {ETCH}/{metric} within {deadline_s} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_it_opened(
+    client: httpx.AsyncClient, keys: Keys, services: Services
+) -> None:
+    # 80 s of the chuck at its 60 °C setpoint, then a +3 °C heater bias for 10 s: the newest 20
+    # readings hold 10 from before the fault (mean error 1.5 °C), the readings since the anomaly
+    # opened only the fault's (3 °C). Then the setpoint is moved to 57 °C and the chuck reads 60.
+    document = fab_document(60.0)
+    (twin,) = document["twins"]
+    model = next(m for m in twin["process_models"] if m["id"] == "etch_yield_model")
+    model["inputs"]["pressure"]["std"] = 0.3
+    async with services.db.write() as tx:
+        await services.twins.put(tx, "default", document)
+    await ingest(client, keys, services, ETCH, "pressure_mtorr", [10.0] * 5)
+    noise = [0.1 * ((i * 7) % 5 - 2) for i in range(90)]
+    await ingest(client, keys, services, ETCH, "temp_c", [60.0 + n for n in noise[:80]], age_s=20)
+    await ingest(client, keys, services, ETCH, "temp_c", [63.0 + n for n in noise[80:]], age_s=10)
+    anomaly = await _first_anomaly(client, keys, "temp_c")
+    assert anomaly["kind"] in ("drift", "spike")
+    body = recommend_body(
+        candidates=[55.0 + i for i in range(11)], inputs_from_telemetry=None, samples=2000
+    )
+
+    unnamed = await post_recommend(client, keys, body)
+    assert unnamed.status_code == 201, unnamed.text
+    diluted = unnamed.json()["request"]["model"]["inputs"]["esc_error"]["mean"]
+    assert diluted == pytest.approx(1.5, abs=0.1)
+
+    ref = {"kind": anomaly["kind"], "metric": "temp_c", "anomaly_id": anomaly["anomaly_id"]}
+    named = await post_recommend(client, keys, {**body, "anomaly": ref})
+    assert named.status_code == 201, named.text
+    record = named.json()
+    assert record["request"]["model"]["inputs"]["esc_error"]["mean"] == pytest.approx(3.0, abs=0.1)
+    assert record["recommendation"]["recommended"] == 57.0
+
+    unknown = await post_recommend(client, keys, {**body, "anomaly": {**ref, "anomaly_id": "x"}})
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["pointer"] == "/anomaly/anomaly_id"
+    other_kind = "spike" if anomaly["kind"] == "drift" else "drift"
+    wrong = await post_recommend(client, keys, {**body, "anomaly": {**ref, "kind": other_kind}})
+    assert wrong.status_code == 422
+    assert wrong.json()["errors"][0]["pointer"] == "/anomaly/anomaly_id"
+    assert "not the anomaly this reference describes" in wrong.json()["errors"][0]["detail"]
+
+    # The setpoint moves to 57 °C (as an action would record it) and the chuck reads 60 again:
+    # only the readings since the change count — not the 63s under the old setpoint.
+    async with services.db.write() as tx:
+        await tx.conn.execute(
+            setpoint_state.insert().values(
+                tenant_id="default",
+                twin_id=TWIN,
+                asset_id=ETCH,
+                setpoint="esc_temp_sp",
+                value=57.0,
+                action_id=None,
+                updated_at_us=to_micros(services.clock.now() - timedelta(seconds=8)),
+            )
+        )
+    await ingest(client, keys, services, ETCH, "temp_c", [60.0 + n for n in noise[:5]])
+    after = await post_recommend(client, keys, body)
+    assert after.status_code == 201, after.text
+    record = after.json()
+    assert record["request"]["model"]["inputs"]["esc_error"]["mean"] == pytest.approx(3.0, abs=0.1)
+    assert record["recommendation"]["current"] == 57.0

@@ -21,8 +21,10 @@ Two parts, so that nothing is lost or done twice when the process is killed at a
   probability at least ``min_p_improvement``; when none does yet (the first samples of a drift
   barely show it), the task stays pending and is looked at again every ``recheck_s`` while the
   anomaly lasts (at most :data:`MAX_REEVALUATIONS` times). When one of its proposals is rolled
-  back or fails and the anomaly is still open, the task is reopened and the loop tries again with
-  fresh evidence (at most :data:`MAX_PROPOSALS` proposals per anomaly).
+  back or fails, or is verified while its anomaly stays open (a drift that kept growing, a
+  correction that was not enough), the task is reopened and the loop looks again with fresh
+  evidence — the readings since the setpoint changed — (at most :data:`MAX_PROPOSALS` proposals
+  per anomaly).
 
 The loop acts as its own principal, ``automation`` with role ``agent`` (it proposes; it cannot
 approve). Automatic execution is the platform's (``system``) under the policy, and the audit
@@ -66,8 +68,11 @@ CONSUMER_NAME = "automation"
 PRINCIPAL = "automation"
 """The loop's principal id (role ``agent``)."""
 ANOMALY_DETECTED = "opstwin.anomaly.detected"
-PROPOSAL_ENDED = frozenset({"opstwin.proposal.rolled_back", "opstwin.proposal.failed"})
-"""A proposal of the loop ending so reopens its task (the anomaly may still need a fix)."""
+PROPOSAL_ENDED = frozenset(
+    {"opstwin.proposal.rolled_back", "opstwin.proposal.failed", "opstwin.proposal.succeeded"}
+)
+"""A proposal of the loop ending so reopens its task (the anomaly may still need a fix): always
+after a rollback or failure, after a verified change only while its anomaly is still open."""
 MAX_PROPOSALS = 3
 """Proposals the loop makes for one anomaly at most (after rollbacks or failures)."""
 MAX_ATTEMPTS = 3
@@ -140,11 +145,16 @@ class AnomalyIntake:
             tx.after_commit(self._on_commit)
 
     async def _reopen(self, tx: Transaction, row: LogRow, now_us: int) -> None:
-        """A proposal of the loop was rolled back or failed: look at its anomaly again."""
+        """A proposal of the loop ended: look at its anomaly again (a verified one only while
+        the anomaly is open)."""
         data = jsonutil.loads(row.envelope).get("data") or {}
         anomaly_id = data.get("anomaly_id")
         if anomaly_id is None or (data.get("proposer") or {}).get("principal_id") != PRINCIPAL:
             return
+        if data.get("state") == "succeeded":
+            found = await repo.anomaly_record(tx.conn, row.tenant_id, str(anomaly_id))
+            if found is None or found[0] != "open":
+                return
         result = await tx.conn.execute(
             update(automation_tasks)
             .where(
@@ -298,13 +308,19 @@ class AutomationLoop:
         actor = Actor(PRINCIPAL, task.tenant_id, "agent")
         async with self._db.read() as conn:
             made = await repo.proposals_for_anomaly(conn, task.tenant_id, task.anomaly_id)
-            live = [pid for pid, state in made if state not in repo.ENDED_STATES]
+            live = [pid for pid, state in made if state in repo.ACTIVE_STATES]
             if live:  # a retry after a crash: the proposal exists already
                 await self._finish(task, "proposed", "proposal made before a restart", live[0])
                 return
             found = await repo.anomaly_record(conn, task.tenant_id, task.anomaly_id)
             if found is not None and found[0] != "open" and (task.attempts > 0 or made):
-                await self._finish(task, "skipped", "the anomaly ended before a fix was needed")
+                await self._finish(
+                    task,
+                    "done" if made else "skipped",
+                    f"the anomaly ended after {len(made)} proposal(s)"
+                    if made
+                    else "the anomaly ended before a fix was needed",
+                )
                 return
             if len(made) >= MAX_PROPOSALS:
                 await self._finish(
@@ -431,7 +447,12 @@ class AutomationLoop:
                 "twin_id": task.twin_id,
                 "asset_id": asset,
                 "setpoint": action.setpoint,
-                "anomaly": {"kind": task.kind, "metric": task.metric, "asset_id": task.asset_id},
+                "anomaly": {
+                    "kind": task.kind,
+                    "metric": task.metric,
+                    "asset_id": task.asset_id,
+                    "anomaly_id": task.anomaly_id,
+                },
                 "samples": self._samples,
             }
             record = await self._recommend(task, actor, body)

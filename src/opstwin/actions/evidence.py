@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -258,7 +259,9 @@ class EvidenceGatherer:
                 )
                 return {"missing": reason, "note": note}, None, None
             try:
-                record = await self._run(conn, tenant_id, principal_id, target, value, plan)
+                record = await self._run(
+                    conn, tenant_id, principal_id, target, value, plan, anomaly
+                )
             except OpsTwinError as exc:
                 reason = f"the simulation could not run: {exc.detail}"
                 return {"missing": reason, "note": note}, None, None
@@ -315,7 +318,10 @@ class EvidenceGatherer:
         target: Target,
         value: float,
         plan: SimPlan,
+        anomaly: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        """A recommendation run judging ``value`` against do-nothing; a tracking-error input
+        reads the readings since the anomaly the proposal answers opened."""
         from opstwin.simulation.schemas import SimRecommendIn
 
         assert self._simulation is not None
@@ -330,8 +336,12 @@ class EvidenceGatherer:
                 "samples": self._settings.sim_samples,
             }
         )
+        since = None if anomaly is None or not anomaly.get("ts") else str(anomaly["ts"])
         prepared = await self._simulation.prepare_recommendation(
-            conn, tenant_id, body.model_dump(by_alias=True)
+            conn,
+            tenant_id,
+            body.model_dump(by_alias=True),
+            tracking_since_us=None if since is None else to_micros(datetime.fromisoformat(since)),
         )
         reply = await self._simulation.submit(
             prepared,

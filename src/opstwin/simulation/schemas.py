@@ -149,6 +149,15 @@ class AnomalyRef(BaseModel):
     asset_id: str | None = Field(
         default=None, description="Asset of the anomaly; absent: the request's `asset_id`."
     )
+    anomaly_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The anomaly itself (from `GET /anomalies` or an `anomaly.detected` event). "
+        "When given, a tracking-error input (`minus_setpoint`) of its metric is estimated from "
+        "the readings since the anomaly opened, not from readings before the fault; it must be "
+        "an anomaly of this twin, asset, metric and kind.",
+    )
 
 
 class SimRecommendIn(BaseModel):

@@ -158,20 +158,35 @@ class SimulationService:
         return prepared
 
     async def prepare_recommendation(
-        self, conn: AsyncConnection, tenant_id: str, body: Mapping[str, Any]
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        body: Mapping[str, Any],
+        *,
+        tracking_since_us: int | None = None,
     ) -> PreparedRun:
         """Check a ``POST /sim/recommend`` request (``SimRecommendIn`` dumped by alias).
 
         The run it prepares ranks candidate setpoints (:mod:`.recommendations`) and is stored,
-        computed and logged like any run.
+        computed and logged like any run. Tracking-error inputs read the readings since
+        ``tracking_since_us`` — or, when the request names its anomaly (``anomaly.anomaly_id``),
+        since that anomaly opened.
         """
         if self._models is None:
             raise limit_error("/twin_id", "recommendations are not available on this server")
         twin_id = str(body["twin_id"])
         twin = await self._models.twin(conn, tenant_id, twin_id)
         process_model, task = plan_recommendation(twin, body)
+        ref = body.get("anomaly")
+        if ref is not None and ref.get("anomaly_id") is not None:
+            tracking_since_us = await self._models.anomaly_onset(conn, tenant_id, twin_id, ref)
         inline = await self._models.inline_model(
-            conn, tenant_id, twin_id, process_model, self._empirical_plan(body)
+            conn,
+            tenant_id,
+            twin_id,
+            process_model,
+            self._empirical_plan(body),
+            tracking_since_us=tracking_since_us,
         )
         run = {
             "samples": body["samples"],

@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from opstwin.kit.errors import FieldError, ValidationFailed
 from opstwin.simulation.distributions import escape_pointer
 from opstwin.simulation.service.requests import limit_error
+from opstwin.telemetry.detection import anomalies
 from opstwin.twins.desired import desired_values, with_desired
 from opstwin.twins.model import MetricInput, SetpointInput, TwinSpec
 from opstwin.twins.state import reported_state
+from opstwin.twins.tables import setpoint_state
 
 if TYPE_CHECKING:
     from opstwin.twins.registry import Twin
@@ -23,7 +26,11 @@ _POINTER = "/model_ref/process_model"
 
 
 TRACKING_READINGS = 20
-"""A tracking-error input (``minus_setpoint``) averages this many of the newest readings."""
+"""A tracking-error input (``minus_setpoint``) averages at most this many of the newest readings
+— those taken since the setpoint last changed and, when the request names its anomaly, since the
+anomaly opened."""
+TRACKING_MIN_READINGS = 3
+"""Fewer readings than this since then: the newest this many, whenever they were taken."""
 
 TELEMETRY_POINTER = "/inputs_from_telemetry"
 """Where errors about inputs sampled from stored telemetry point."""
@@ -78,7 +85,12 @@ class ModelSource(Protocol):
         twin_id: str,
         process_model: str,
         empirical: EmpiricalPlan | None = None,
+        tracking_since_us: int | None = None,
     ) -> dict[str, Any]: ...
+
+    async def anomaly_onset(
+        self, conn: AsyncConnection, tenant_id: str, twin_id: str, ref: Mapping[str, Any]
+    ) -> int: ...
 
 
 class TwinRegistryReader(Protocol):
@@ -112,6 +124,12 @@ class TwinModelSource:
     (else the latest value) with the input's ``std``, else the baseline's. A metric input with no
     reported value or no known spread has no distribution yet: 422 saying so.
 
+    A metric input with ``minus_setpoint`` is the metric's tracking error *now*: the mean of the
+    newest readings (not the baseline, which lags a drift by design) minus the setpoint's desired
+    value — only readings taken since the setpoint last changed and since ``tracking_since_us``
+    (the anomaly's onset, when the request names it), so readings from before the fault or under
+    the old setpoint do not dilute it (see :data:`TRACKING_READINGS`).
+
     With an :class:`EmpiricalPlan` (``inputs_from_telemetry``), the metric inputs it covers are
     instead ``empirical``: resampled from the asset's recent stored points, read through the
     telemetry queries; fewer points than the plan's minimum is a 422 saying how many were found.
@@ -135,6 +153,7 @@ class TwinModelSource:
         twin_id: str,
         process_model: str,
         empirical: EmpiricalPlan | None = None,
+        tracking_since_us: int | None = None,
     ) -> dict[str, Any]:
         twin_spec = await self.twin(conn, tenant_id, twin_id)
         if empirical is not None and empirical.per_input is not None:
@@ -205,9 +224,9 @@ class TwinModelSource:
                     )
                 offset = _tracked_setpoint(twin_spec, name, source)
                 if offset is not None:
-                    # The tracking error now: the newest readings, not the baseline (which
-                    # lags a drift by design), minus the setpoint's desired value.
-                    level = await self._recent_level(conn, tenant_id, twin_id, source)
+                    level = await self._recent_level(
+                        conn, tenant_id, twin_id, source, tracking_since_us
+                    )
                     mean = (state.value if level is None else level) - offset
                     inputs[name] = {"dist": "normal", "mean": mean, "std": std}
                     continue
@@ -221,21 +240,82 @@ class TwinModelSource:
         }
 
     async def _recent_level(
-        self, conn: AsyncConnection, tenant_id: str, twin_id: str, source: MetricInput
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        twin_id: str,
+        source: MetricInput,
+        since_us: int | None,
     ) -> float | None:
-        """Mean of the metric's newest :data:`TRACKING_READINGS` stored readings (None: none)."""
+        """Mean of the metric's newest readings since the setpoint of a tracking-error input
+        last changed and since ``since_us`` — at most :data:`TRACKING_READINGS`, and the newest
+        :data:`TRACKING_MIN_READINGS` when fewer were taken since (None: no readings)."""
         if self._telemetry is None:
             return None
+        assert source.minus_setpoint is not None
+        changed_us = (
+            await conn.execute(
+                select(setpoint_state.c.updated_at_us).where(
+                    setpoint_state.c.tenant_id == tenant_id,
+                    setpoint_state.c.twin_id == twin_id,
+                    setpoint_state.c.asset_id == source.asset,
+                    setpoint_state.c.setpoint == source.minus_setpoint,
+                )
+            )
+        ).scalar()
+        bounds = [b for b in (since_us, changed_us) if b is not None]
         values = await self._telemetry.recent_values(
             conn,
             tenant_id,
             twin_id=twin_id,
             asset_id=source.asset,
             metric=source.metric,
-            since_us=None,
+            since_us=max(bounds) if bounds else None,
             limit=TRACKING_READINGS,
         )
+        if len(values) < TRACKING_MIN_READINGS and bounds:
+            values = await self._telemetry.recent_values(
+                conn,
+                tenant_id,
+                twin_id=twin_id,
+                asset_id=source.asset,
+                metric=source.metric,
+                since_us=None,
+                limit=TRACKING_MIN_READINGS,
+            )
         return sum(values) / len(values) if values else None
+
+    async def anomaly_onset(
+        self, conn: AsyncConnection, tenant_id: str, twin_id: str, ref: Mapping[str, Any]
+    ) -> int:
+        """When the anomaly a recommendation names (``anomaly.anomaly_id``) opened (µs, the
+        time of its first reading); 422 when it is unknown or not the anomaly the ref describes."""
+        anomaly_id = str(ref["anomaly_id"])
+        pointer = "/anomaly/anomaly_id"
+        row = (
+            await conn.execute(
+                select(
+                    anomalies.c.twin_id,
+                    anomalies.c.asset_id,
+                    anomalies.c.metric,
+                    anomalies.c.kind,
+                    anomalies.c.opened_at_us,
+                ).where(anomalies.c.tenant_id == tenant_id, anomalies.c.anomaly_id == anomaly_id)
+            )
+        ).first()
+        if row is None:
+            raise limit_error(pointer, f"no anomaly {anomaly_id!r} in this tenant")
+        asset_id = ref.get("asset_id")
+        claimed = (twin_id, ref["kind"], ref["metric"])
+        if (row.twin_id, row.kind, row.metric) != claimed or (
+            asset_id is not None and row.asset_id != asset_id
+        ):
+            raise limit_error(
+                pointer,
+                f"anomaly {anomaly_id!r} is a {row.kind} of {row.asset_id}/{row.metric} in twin "
+                f"{row.twin_id!r}, not the anomaly this reference describes",
+            )
+        return int(row.opened_at_us)
 
     async def _empirical(
         self,

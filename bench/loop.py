@@ -18,11 +18,12 @@ own stamps (the anomaly's change-log entry, the automation task, the simulation 
 proposal's transitions, the action's write log).
 
 The playbook's 11 candidate setpoints are 3 °C apart in the bench's twin (the example's are 1 °C
-apart). The loop proposes the best candidate as soon as it improves with P ≥ 0.95, and the
-simulation's tracking-error input is the mean of the chuck's 20 newest readings, which fills
-with the fault over 2 s: on a 1 °C grid the first proposal is a partial correction (1 or 2 of
-3 °C), after which the anomaly stays open until the detector relearns its baseline (40 s) and the
-next fault cannot start from a normal state.
+apart), so each fault is corrected by one proposal and its timeline is one cycle. The loop
+proposes the best candidate as soon as it improves with P ≥ 0.95; the simulation's
+tracking-error input is the mean of the chuck's newest readings since the anomaly opened (at
+most 5). A 3 °C step is justified at P ≥ 0.95 only once the error reaches
+:data:`JUSTIFIED_C` (2.32 °C): the drift keeps growing after the detector fires, and that wait
+is the fault's, not the platform's (*growth*, computed from the chuck's noise-free response).
 
 The time is split into the plant's own dynamics and the platform's part:
 
@@ -31,8 +32,9 @@ The time is split into the plant's own dynamics and the platform's part:
 * detect — that sample → ``opstwin.anomaly.detected`` appended (ingest commit, the detector's
   page and its 100 ms batch window);
 * decide — anomaly → ``approved``: the automation intake; the *evidence wait*, looks every
-  ``recheck_s`` that find no candidate with P(improvement) ≥ ``min_p_improvement`` while the
-  tracking-error input still averages readings from before the fault; the last look (the
+  ``recheck_s`` that find no candidate with P(improvement) ≥ ``min_p_improvement`` — split into
+  the fault's *growth* to :data:`JUSTIFIED_C` (plant) and the estimate catching up with it (the
+  mean of the newest readings lags the chuck, looks are ``recheck_s`` apart); the last look (the
   simulation the proposal cites, and the proposal); scoring and decision;
 * execute — ``approved`` → ``verifying``: the executor's pickup and the writes; the ramp
   (plant) is the time between the first and last write, paced by the setpoint's ramp rate.
@@ -49,6 +51,7 @@ scanned past the tick's entries, polled every 10 ms.
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
 import time
 from collections import deque
@@ -111,8 +114,15 @@ SAMPLING_PERIOD_S = 0.1
 HISTORY_S = 30.0
 VERIFICATION_WINDOW_S = 1.0
 SETTLE_S = 2.5
-"""Quiet time before the next fault: the simulation's tracking-error input averages the 20
-newest readings (2 s at 10 Hz), so each fault starts from a window of settled readings."""
+"""Quiet time before the next fault, so each starts from settled readings."""
+ERROR_STD_C = 0.5
+"""The etch model's spread of the tracking error (``esc_error.std`` in the example twin)."""
+Z_95 = 1.6449
+"""Φ⁻¹(0.95): the loop's ``min_p_improvement``."""
+JUSTIFIED_C = GRID_C / 2 + Z_95 * ERROR_STD_C
+"""Tracking error from which a one-step (GRID_C) correction improves a wafer with P ≥ 0.95:
+the candidate beats do-nothing when the error exceeds half the step, and the simulated error
+spreads with ERROR_STD_C around the estimate — 2.32 °C for a 3 °C step."""
 CYCLE_TIMEOUT_S = 45.0
 TERMINAL = ("succeeded", "rolled_back", "failed", "rejected", "expired")
 NOMINAL_C = 60.0
@@ -257,8 +267,11 @@ class Cycle:
     """Anomaly appended → the automation task of the anomaly the proposal cites."""
     evidence_wait: float
     """Task → the simulation the proposal cites was submitted: the looks before it found no
-    candidate improving with P ≥ ``min_p_improvement`` (the tracking-error input still
-    averaged readings from before the fault)."""
+    candidate improving with P ≥ ``min_p_improvement``."""
+    growth: float
+    """Of the evidence wait, the part the fault itself needed to grow to :data:`JUSTIFIED_C`
+    after the anomaly opened (the chuck's noise-free response; plant dynamics): no observer,
+    however quick, could justify the step earlier."""
     last_look: float
     """That simulation submitted → ``proposed``."""
     simulate: float
@@ -294,12 +307,18 @@ class Cycle:
 
     @property
     def plant(self) -> float:
-        return self.build_up + self.ramp
+        return self.build_up + self.growth + self.ramp
+
+    @property
+    def estimation(self) -> float:
+        """The evidence wait beyond the fault's growth: the tracking-error estimate (the mean of
+        the newest readings) catching up, and the look interval."""
+        return self.evidence_wait - self.growth
 
     @property
     def processing(self) -> float:
         """The platform's work: everything but the plant and the wait for evidence."""
-        return self.total - self.plant - self.evidence_wait
+        return self.total - self.plant - self.estimation
 
 
 async def _newest_row(services: Services) -> int:
@@ -321,7 +340,32 @@ async def _poll(predicate: Callable[[], Any], timeout_s: float, what: str) -> An
         raise TimeoutError(f"no {what} within {timeout_s:g} s") from None
 
 
-async def _follow(services: Services, first: datetime, after_row: int) -> Cycle:
+def _offset_at(fault: Fault, t: float) -> float:
+    """The chuck's noise-free offset ``t`` s after the fault began (first-order response with
+    :data:`TIME_CONSTANT_S` to the heater bias: a step of SHIFT_C, or a ramp at
+    DRIFT_RATE_PER_S up to SHIFT_C)."""
+    tau = TIME_CONSTANT_S
+    if fault == "offset":
+        return SHIFT_C * (1 - math.exp(-t / tau))
+    rate, end = DRIFT_RATE_PER_S, SHIFT_C / DRIFT_RATE_PER_S
+
+    def ramp(x: float) -> float:  # response to rate·x from 0, x ≥ 0
+        return rate * (x - tau * (1 - math.exp(-x / tau))) if x > 0 else 0.0
+
+    return ramp(t) - ramp(t - end)  # the ramp stops at SHIFT_C: subtract a delayed ramp
+
+
+def _justified_after(fault: Fault) -> float:
+    """Seconds after the fault began when the chuck's offset reaches :data:`JUSTIFIED_C`,
+    rounded up to the next sample."""
+    low, high = 0.0, 30.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _offset_at(fault, mid) < JUSTIFIED_C else (low, mid)
+    return math.ceil(high / SAMPLING_PERIOD_S - 1e-9) * SAMPLING_PERIOD_S
+
+
+async def _follow(services: Services, first: datetime, after_row: int, fault: Fault) -> Cycle:
     """Wait for the loop's proposal after a fault and read its timeline back."""
 
     async def proposal() -> str | None:
@@ -383,6 +427,10 @@ async def _follow(services: Services, first: datetime, after_row: int) -> Cycle:
         detect=(appended_us - opened.opened_at_us) / 1e6,
         intake=(task.created_at_us - appended_us) / 1e6,
         evidence_wait=(sim.created_at_us - task.created_at_us) / 1e6,
+        growth=min(
+            (sim.created_at_us - task.created_at_us) / 1e6,
+            max(0.0, _justified_after(fault) - (opened.opened_at_us - first_us) / 1e6),
+        ),
         last_look=(at["proposed"] - sim.created_at_us) / 1e6,
         simulate=(sim.finished_at_us - sim.started_at_us) / 1e6,
         score=(at["approved"] - at["proposed"]) / 1e6,
@@ -476,7 +524,7 @@ async def _measure_latency(app: Any, services: Services, fault: Fault) -> Latenc
             first = await sink.apply(partial(_set_bias, plant, bias, target, fault))
             bias = target
             try:
-                run.faults.append(await _follow(services, first, row))
+                run.faults.append(await _follow(services, first, row, fault))
             except (TimeoutError, RuntimeError) as exc:
                 run.failures.append(f"fault {index + 1}: {exc}")
             try:
@@ -527,6 +575,8 @@ def _print_latency(backend: str, run: LatencyRun) -> None:
         ("  decision: anomaly → approved", lambda c: c.decision),
         ("    intake (anomaly → task)", lambda c: c.intake),
         ("    evidence wait (looks without P ≥ 0.95)", lambda c: c.evidence_wait),
+        (f"      fault growing to {JUSTIFIED_C:.2f} °C (plant)", lambda c: c.growth),
+        ("      estimate catching up, look interval", lambda c: c.estimation),
         ("    last look (simulation → proposed)", lambda c: c.last_look),
         ("      of which the simulation run", lambda c: c.simulate),
         ("    score + decide (proposed → approved)", lambda c: c.score),
@@ -534,9 +584,9 @@ def _print_latency(backend: str, run: LatencyRun) -> None:
         ("    executor pickup (→ executing)", lambda c: c.pickup),
         ("    writes (executing → verifying)", lambda c: c.writes),
         ("      of which ramp pacing (plant)", lambda c: c.ramp),
-        ("plant's own dynamics (build-up + ramp)", lambda c: c.plant),
+        ("plant's own dynamics (build-up + growth + ramp)", lambda c: c.plant),
         ("platform's part (total − plant)", lambda c: c.total - c.plant),
-        ("  of which processing (− the evidence wait)", lambda c: c.processing),
+        ("  of which processing (− the estimate's lag)", lambda c: c.processing),
     ]
     print(f"   {'':<46} {'p50':>6} {'p90':>6} {'max':>6}  ms")
     for label, of in rows:

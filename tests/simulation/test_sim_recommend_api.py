@@ -446,8 +446,8 @@ async def _first_anomaly(
 async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_it_opened(
     client: httpx.AsyncClient, keys: Keys, services: Services
 ) -> None:
-    # 80 s of the chuck at its 60 °C setpoint, then a +3 °C heater bias for 10 s: the newest 20
-    # readings hold 10 from before the fault (mean error 1.5 °C), the readings since the anomaly
+    # 80 s of the chuck at its 60 °C setpoint, then a +3 °C heater bias for 3 s: the newest 5
+    # readings hold 2 from before the fault (mean error 1.8 °C), the readings since the anomaly
     # opened only the fault's (3 °C). Then the setpoint is moved to 57 °C and the chuck reads 60.
     document = fab_document(60.0)
     (twin,) = document["twins"]
@@ -458,7 +458,7 @@ async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_
     await ingest(client, keys, services, ETCH, "pressure_mtorr", [10.0] * 5)
     noise = [0.1 * ((i * 7) % 5 - 2) for i in range(90)]
     await ingest(client, keys, services, ETCH, "temp_c", [60.0 + n for n in noise[:80]], age_s=20)
-    await ingest(client, keys, services, ETCH, "temp_c", [63.0 + n for n in noise[80:]], age_s=10)
+    await ingest(client, keys, services, ETCH, "temp_c", [63.0 + n for n in noise[80:83]], age_s=10)
     anomaly = await _first_anomaly(client, keys, "temp_c")
     assert anomaly["kind"] in ("drift", "spike")
     body = recommend_body(
@@ -468,7 +468,7 @@ async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_
     unnamed = await post_recommend(client, keys, body)
     assert unnamed.status_code == 201, unnamed.text
     diluted = unnamed.json()["request"]["model"]["inputs"]["esc_error"]["mean"]
-    assert diluted == pytest.approx(1.5, abs=0.1)
+    assert diluted == pytest.approx(1.8, abs=0.1)
 
     ref = {"kind": anomaly["kind"], "metric": "temp_c", "anomaly_id": anomaly["anomaly_id"]}
     named = await post_recommend(client, keys, {**body, "anomaly": ref})
@@ -487,7 +487,8 @@ async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_
     assert "not the anomaly this reference describes" in wrong.json()["errors"][0]["detail"]
 
     # The setpoint moves to 57 °C (as an action would record it) and the chuck reads 60 again:
-    # only the readings since the change count — not the 63s under the old setpoint.
+    # only the 3 readings since the change count — not the 63s under the old setpoint (with
+    # them the newest 5 would say 4.2 °C).
     async with services.db.write() as tx:
         await tx.conn.execute(
             setpoint_state.insert().values(
@@ -500,7 +501,7 @@ async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_
                 updated_at_us=to_micros(services.clock.now() - timedelta(seconds=8)),
             )
         )
-    await ingest(client, keys, services, ETCH, "temp_c", [60.0 + n for n in noise[:5]])
+    await ingest(client, keys, services, ETCH, "temp_c", [60.0 + n for n in noise[:3]])
     after = await post_recommend(client, keys, body)
     assert after.status_code == 201, after.text
     record = after.json()

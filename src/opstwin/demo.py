@@ -12,8 +12,6 @@ connects it like a real device:
   read-back), exactly the path a real asset takes.
 
 **Faults.** After ``first_fault_after_s`` and then every ``fault_interval_s`` the next playbook
-of the rotation gets a drift on its
-metric: the playbooks whose **Faults.** After ``first_fault_after_s`` and then every ``fault_interval_s`` the next playbook
 of the rotation acts on its metric: the playbooks whose metric is read back by one of the
 setpoints they may change and whose process model simulates that setpoint (a fault the loop can
 correct). Odd rounds drift the process by half the metric's normal range over about twenty

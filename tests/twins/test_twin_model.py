@@ -547,3 +547,21 @@ def test_asset_ids_are_accepted_exactly_when_they_match_the_pattern(asset_id: st
     else:
         pointers = [pointer for pointer, _ in errors_of(document)]
         assert pointers == ["/twins/0/assets/1/id"]
+
+
+def test_a_playbook_setpoint_its_objective_model_does_not_take_is_rejected() -> None:
+    # The loop could only ever fail to simulate it: candidates of a setpoint the judging model
+    # ignores cannot change its KPI.
+    def mutate(t: dict[str, Any]) -> None:
+        setpoints = t["assets"][0]["setpoints"]
+        setpoints["rf_sp"] = {**setpoints["esc_temp_sp"]}
+        t["playbooks"][0]["actions"].append({"setpoint": "rf_sp", "candidates": [58.0]})
+
+    assert broken(mutate) == [
+        (
+            "/twins/0/playbooks/0/actions/2/setpoint",
+            "process model 'etch_yield' (the playbook's objective) does not take setpoint "
+            "etch_7/rf_sp as an input, so no candidate value could change its KPI: add the "
+            "setpoint to the model's inputs, or judge the playbook by a model that takes it",
+        )
+    ]

@@ -10,8 +10,9 @@ Two parts, so that nothing is lost or done twice when the process is killed at a
   later and only if the anomaly is still open: an excursion that lasts is acted on even when
   its first alarm looked transient (the detector keeps an excursion's first kind and severity).
 * **Worker** — takes pending tasks in order and, for each: finds the twin's playbook for
-  (asset, metric, kind); skips it when a proposal is still active on an asset the playbook would
-  change ("never two proposals in flight for the same asset"); ranks the playbook's candidate
+  (asset, metric, kind); while a proposal is still active on an asset the playbook would change
+  ("never two proposals in flight for the same asset") it waits, looking again every
+  ``recheck_s``; ranks the playbook's candidate
   values of each of its setpoints by simulation (``POST /sim/recommend`` semantics, each run
   under an idempotency key of the anomaly); proposes the best improvement through the proposal
   service — with an ``Idempotency-Key`` derived from the anomaly, so a retry after a crash finds
@@ -344,12 +345,14 @@ class AutomationLoop:
                 asset = action.asset or playbook.asset
                 active = await repo.active_on_asset(conn, task.tenant_id, task.twin_id, asset)
                 if active:
+                    # One proposal per asset: wait for it to end, then look at this anomaly
+                    # with what that change left (it may have fixed it, or not).
                     pid, state = active[0]
-                    await self._finish(
-                        task,
-                        "skipped",
-                        f"proposal {pid} is still {state} on {asset}: one proposal per asset",
-                    )
+                    detail = f"proposal {pid} is still {state} on {asset}: one proposal per asset"
+                    if task.attempts + 1 < MAX_REEVALUATIONS:
+                        await self._again(task, detail + "; will look again")
+                    else:
+                        await self._finish(task, "skipped", detail)
                     return
         try:
             best = await self._rank(task, actor, playbook)

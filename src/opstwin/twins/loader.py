@@ -154,6 +154,13 @@ def _check_twin(twin: TwinSpec, base: str) -> list[FieldError]:
                 kpi.expression, set(model.inputs), f"{at}/outputs/{name}/expression"
             )
 
+    # Models whose inputs are broken already have their errors; the playbooks they judge are
+    # not checked against them a second time.
+    broken_models = {
+        pm.id
+        for k, pm in enumerate(twin.process_models)
+        if any((e.pointer or "").startswith(f"{base}/process_models/{k}/") for e in errors)
+    }
     for i, playbook in enumerate(twin.playbooks):
         at = f"{base}/playbooks/{i}"
         home = assets.get(playbook.asset)
@@ -184,6 +191,26 @@ def _check_twin(twin: TwinSpec, base: str) -> list[FieldError]:
             errors += _check_action_values(
                 action.candidates, action.search, setpoint.bounds, act_at
             )
+            judge = models.get(playbook.objective.process_model) if playbook.objective else None
+            if (
+                judge is not None
+                and judge.id not in broken_models
+                and not any(
+                    isinstance(src, SetpointInput)
+                    and src.asset == target.id
+                    and src.setpoint == action.setpoint
+                    for src in judge.inputs.values()
+                )
+            ):
+                errors.append(
+                    FieldError(
+                        f"process model {judge.id!r} (the playbook's objective) does not take "
+                        f"setpoint {target.id}/{action.setpoint} as an input, so no candidate "
+                        "value could change its KPI: add the setpoint to the model's inputs, or "
+                        "judge the playbook by a model that takes it",
+                        pointer=f"{act_at}/setpoint",
+                    )
+                )
         if playbook.objective is not None:
             objective = playbook.objective
             judged_by = models.get(objective.process_model)

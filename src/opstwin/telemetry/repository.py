@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -43,12 +43,11 @@ _SQLITE_STORED_NOS = "SELECT event_no FROM telemetry_events WHERE event_no BETWE
 _SQLITE_INSERT_POINTS = (
     "INSERT INTO telemetry_points (series_id, ts_us, event_no, value) VALUES (?, ?, ?, ?)"
 )
-_PG_INSERT_EVENTS = text(
+_PG_INSERT_EVENTS = (
     "INSERT INTO telemetry_events (tenant_id, event_id, twin_id, asset_id, ts_us, quality, "
     "received_at_us) "
-    "SELECT :tenant_id, u.event_id, u.twin_id, u.asset_id, u.ts_us, u.quality, :received_at_us "
-    "FROM unnest(CAST(:event_ids AS text[]), CAST(:twin_ids AS text[]), "
-    "CAST(:asset_ids AS text[]), CAST(:ts AS bigint[]), CAST(:quality AS double precision[])) "
+    "SELECT $1, u.event_id, u.twin_id, u.asset_id, u.ts_us, u.quality, $2 "
+    "FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::double precision[]) "
     "AS u(event_id, twin_id, asset_id, ts_us, quality) "
     "ON CONFLICT (tenant_id, event_id) DO NOTHING "
     "RETURNING event_no, event_id"
@@ -150,19 +149,20 @@ class TelemetryStore:
         if tx.backend == "postgresql":
             # Key order: concurrent batches that share event ids lock them in the same order.
             rows = sorted(rows, key=lambda r: r.event_id)
-            result = await tx.conn.execute(
+            # On the driver directly (a statement asyncpg prepares once per connection): the
+            # arrays go out and the numbers come back without SQLAlchemy's per-row processing.
+            driver = await _asyncpg(tx)
+            returned = await driver.fetch(
                 _PG_INSERT_EVENTS,
-                {
-                    "tenant_id": tenant_id,
-                    "received_at_us": received_at_us,
-                    "event_ids": [r.event_id for r in rows],
-                    "twin_ids": [r.twin_id for r in rows],
-                    "asset_ids": [r.asset_id for r in rows],
-                    "ts": [r.ts_us for r in rows],
-                    "quality": [r.quality for r in rows],
-                },
+                tenant_id,
+                received_at_us,
+                [r.event_id for r in rows],
+                [r.twin_id for r in rows],
+                [r.asset_id for r in rows],
+                [r.ts_us for r in rows],
+                [r.quality for r in rows],
             )
-            return {event_id: int(event_no) for event_no, event_id in result.all()}
+            return {event_id: event_no for event_no, event_id in returned}
 
         # Safe without a sequence: SQLite write transactions are exclusive (BEGIN IMMEDIATE).
         # Every row gets the next number; a row already stored (same tenant and event_id) is

@@ -72,3 +72,13 @@ def test_migrate_and_rotate_epoch(env: Path) -> None:
     rotated = runner.invoke(app, ["changelog", "rotate-epoch"])
     assert rotated.exit_code == 0
     assert "new epoch" in rotated.output
+
+
+def test_demo_outside_a_clone_says_what_is_missing(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no examples/ here
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert "examples/fab-line.yaml not found" in result.output
+    assert "make demo" in result.output

@@ -423,7 +423,22 @@ def demo(
         }
     )
     settings = settings.model_copy(update={"plant": plant})
-    for note in _demo_setup(settings, twin_file, policy_file):
+    for needed in (twin_file, policy_file):
+        if not needed.is_file():
+            err.print(
+                f"[red]error:[/red] {needed} not found: run the demo from the root of a clone "
+                "(`make demo`), or give --twin-file and --policy-file",
+                highlight=False,
+            )
+            raise typer.Exit(2)
+    try:
+        notes = _demo_setup(settings, twin_file, policy_file)
+    except OpsTwinError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        for field_error in exc.errors:
+            err.print(f"  {field_error.pointer or '/'}: {field_error.detail}", highlight=False)
+        raise typer.Exit(2) from exc
+    for note in notes:
         out.print(note)
     tokens = _demo_keys(settings)
     base = f"http://{host}:{port}"

@@ -196,6 +196,12 @@ class DetectionSettings(BaseModel):
         ge=1,
         description="Change-log entries the detector handles per transaction (anomalies, state and its cursor commit together).",
     )
+    batch_window_s: float = Field(
+        default=0.1,
+        ge=0,
+        le=5,
+        description="After a page, telemetry gathers this long before the detector reads the next (one page per window under sustained ingest instead of one per request); adds at most this to detection latency, 0 reads at once.",
+    )
 
 
 class MqttSettings(BaseModel):

@@ -194,6 +194,7 @@ def _detection(
         settings=ConsumerSettings(
             page_size=settings.detection.page_size,
             poll_interval_s=settings.feed.poll_interval_s,
+            batch_window_s=settings.detection.batch_window_s,
         ),
     )
 

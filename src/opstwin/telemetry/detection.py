@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
@@ -395,14 +395,6 @@ class AnomalyDetection:
             await tx.conn.execute(anomalies.insert(), opened)
 
 
-#: How long telemetry may gather after a detector page before the next is read, unless the
-#: caller's ConsumerSettings set a window. Much of a page's cost is per page and per series
-#: touched (the transaction, each series' state and baseline rows, a vectorised pass per
-#: series), so under sustained ingest one page per window costs the ingest path far less
-#: than one page per request; it adds at most this much to the detection latency.
-BATCH_WINDOW_S = 0.1
-
-
 def detection_consumer(
     *,
     db: Database,
@@ -414,9 +406,13 @@ def detection_consumer(
     settings: ConsumerSettings,
 ) -> tuple[LogConsumer, AnomalyDetection]:
     """The detection handler and the consumer that runs it (started by the app lifespan).
-    A ``settings.batch_window_s`` of 0 means :data:`BATCH_WINDOW_S`."""
-    if not settings.batch_window_s:
-        settings = replace(settings, batch_window_s=BATCH_WINDOW_S)
+
+    ``settings.batch_window_s`` (``OPSTWIN_DETECTION_BATCH_WINDOW_S``, 100 ms by default): how
+    long telemetry may gather after a page before the next is read. Much of a page's cost is per
+    page and per series touched (the transaction, each series' state and baseline rows, a
+    vectorised pass per series), so under sustained ingest one page per window costs the ingest
+    path far less than one page per request; it adds at most the window to detection latency.
+    """
     handler = AnomalyDetection(
         changelog=changelog, schemas=schemas, clock=clock, ids=ids, models=models
     )

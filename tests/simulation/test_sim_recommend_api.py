@@ -476,6 +476,10 @@ async def test_a_named_anomaly_takes_the_tracking_error_from_the_readings_since_
     record = named.json()
     assert record["request"]["model"]["inputs"]["esc_error"]["mean"] == pytest.approx(3.0, abs=0.1)
     assert record["recommendation"]["recommended"] == 57.0
+    by_alias = await post_recommend(
+        client, keys, {**body, "anomaly": {**ref, "metric": "esc_temp"}}
+    )
+    assert by_alias.status_code == 201, by_alias.text
 
     unknown = await post_recommend(client, keys, {**body, "anomaly": {**ref, "anomaly_id": "x"}})
     assert unknown.status_code == 422

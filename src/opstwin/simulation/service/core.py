@@ -179,6 +179,15 @@ class SimulationService:
         process_model, task = plan_recommendation(twin, body)
         ref = body.get("anomaly")
         if ref is not None and ref.get("anomaly_id") is not None:
+            # The anomaly as stored: its asset (the request's when absent), its canonical metric.
+            asset_id = str(ref.get("asset_id") or body["asset_id"])
+            asset = twin.asset(asset_id)
+            metric = str(ref["metric"])
+            ref = {
+                **ref,
+                "asset_id": asset_id,
+                "metric": (asset.canonical_metric(metric) if asset else None) or metric,
+            }
             tracking_since_us = await self._models.anomaly_onset(conn, tenant_id, twin_id, ref)
         inline = await self._models.inline_model(
             conn,

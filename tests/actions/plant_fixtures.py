@@ -28,6 +28,21 @@ ETCH = "etch_tool_7"
 HISTORY_S = 30.0
 
 
+def trusting_policy(verification_window_s: float) -> dict[str, Any]:
+    """A policy document with the demo policy's weights (examples/demo-policy.yaml): with the
+    loop's minimum P(improvement) of 0.95 a fresh asset scores at least 0.05 + 0.20 + 0.665 =
+    0.915, above the auto-execute band, so the loop's proposals execute without a human."""
+    return {
+        "weights": {
+            "historical_success": 0.10,
+            "data_quality": 0.20,
+            "simulation_consistency": 0.70,
+            "ai_consensus": 0.0,
+        },
+        "verification_window_s": verification_window_s,
+    }
+
+
 def fab_document() -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(FAB.read_text())
     (twin,) = document["twins"]

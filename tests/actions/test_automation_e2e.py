@@ -18,20 +18,17 @@ from opstwin.config import AutomationSettings, Settings
 from opstwin.plant.faults import FaultSpec
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
-from tests.actions.plant_fixtures import ETCH, TWIN, RunningPlant, plant_fixture, wait_until
+from tests.actions.plant_fixtures import (
+    ETCH,
+    TWIN,
+    RunningPlant,
+    plant_fixture,
+    trusting_policy,
+    wait_until,
+)
 from tests.conftest import Keys
 
-TRUSTING = {
-    # The demo policy's weights (examples/demo-policy.yaml): with the loop's minimum
-    # P(improvement) of 0.95 a fresh asset scores at least 0.05 + 0.20 + 0.665 = 0.915.
-    "weights": {
-        "historical_success": 0.10,
-        "data_quality": 0.20,
-        "simulation_consistency": 0.70,
-        "ai_consensus": 0.0,
-    },
-    "verification_window_s": 2.0,
-}
+TRUSTING = trusting_policy(verification_window_s=2.0)
 
 
 @pytest.fixture

@@ -27,16 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.actions.plant_fixtures import trusting_policy
+
 ROOT = Path(__file__).resolve().parents[2]
-POLICY = {
-    "weights": {
-        "historical_success": 0.10,
-        "data_quality": 0.20,
-        "simulation_consistency": 0.70,
-        "ai_consensus": 0.0,
-    },
-    "verification_window_s": 4.0,
-}
+POLICY = trusting_policy(verification_window_s=4.0)
 
 
 def _free_port() -> int:

@@ -36,23 +36,13 @@ from tests.actions.mqtt_plant import (
     running_plant,
     wait_connected,
 )
-from tests.actions.plant_fixtures import ETCH, wait_until
+from tests.actions.plant_fixtures import ETCH, trusting_policy, wait_until
 from tests.conftest import Keys, require_service
 from tests.plant.mqtt_helpers import Recorder, recording
 
 pytestmark = pytest.mark.mqtt
 
-TRUSTING = {
-    # As in test_automation_e2e: the demo policy's weights, under which the loop's proposal
-    # (P(improvement) >= 0.95) scores above the auto-execute band on a fresh asset.
-    "weights": {
-        "historical_success": 0.10,
-        "data_quality": 0.20,
-        "simulation_consistency": 0.70,
-        "ai_consensus": 0.0,
-    },
-    "verification_window_s": 2.0,
-}
+TRUSTING = trusting_policy(verification_window_s=2.0)
 DONE = ("succeeded", "rolled_back", "failed")
 DRIFT_RATE_PER_S = 0.4
 """The injected chuck drift, °C per second (to +3 °C). Slower than test_automation_e2e's

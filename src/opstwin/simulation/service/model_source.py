@@ -265,25 +265,22 @@ class TwinModelSource:
             )
         ).scalar()
         bounds = [b for b in (since_us, changed_us) if b is not None]
-        values = await self._telemetry.recent_values(
-            conn,
-            tenant_id,
-            twin_id=twin_id,
-            asset_id=source.asset,
-            metric=source.metric,
-            since_us=max(bounds) if bounds else None,
-            limit=TRACKING_READINGS,
-        )
-        if len(values) < TRACKING_MIN_READINGS and bounds:
+        values: list[float] = []
+        for since, limit in (
+            (max(bounds) if bounds else None, TRACKING_READINGS),
+            (None, TRACKING_MIN_READINGS),  # too few since the bounds: the newest, whenever
+        ):
             values = await self._telemetry.recent_values(
                 conn,
                 tenant_id,
                 twin_id=twin_id,
                 asset_id=source.asset,
                 metric=source.metric,
-                since_us=None,
-                limit=TRACKING_MIN_READINGS,
+                since_us=since,
+                limit=limit,
             )
+            if len(values) >= TRACKING_MIN_READINGS or not bounds:
+                break
         return sum(values) / len(values) if values else None
 
     async def anomaly_onset(

@@ -450,9 +450,15 @@ def demo(
     out.print(f"manifest   {base}/.well-known/aiw-manifest.json")
     out.print(f"feed       {base}/diff   {base}/subscribe")
     out.print(f"database   {settings.database_url}")
+    interval = settings.plant.fault_interval_s
     out.print(
-        f"plant      {settings.plant.twin_id}, {plant.transport}; a drift fault after "
-        f"{settings.plant.first_fault_after_s:g} s, then every {settings.plant.fault_interval_s} s"
+        f"plant      {settings.plant.twin_id}, {plant.transport}; "
+        + (
+            "no faults"
+            if interval is None
+            else f"a drift fault after {settings.plant.first_fault_after_s:g} s, "
+            f"then every {interval:g} s"
+        )
     )
     out.print(f"keys       (also in {settings.data_dir / DEMO_KEYS_FILE})")
     for role, token in tokens.items():

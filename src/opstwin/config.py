@@ -366,8 +366,9 @@ class AutomationSettings(BaseModel):
     recheck_s: float = Field(
         default=5.0,
         gt=0,
-        description="When a simulation finds no improvement yet, look at the anomaly again "
-        "after this long (while it lasts).",
+        description="Look at an open anomaly again after this long when a simulation finds no "
+        "convincing improvement yet, while another proposal holds the asset, or after a change "
+        "left it open (at most 12 looks).",
     )
     min_p_improvement: float = Field(
         default=0.95,

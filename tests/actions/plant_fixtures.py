@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from opstwin.actions.actuators.simulated import SimulatedPlantActuator
+from opstwin.config import Settings
 from opstwin.plant.runner import PlantRunner
 from opstwin.plant.simulated import SimulatedPlant
 from opstwin.services import Services
@@ -26,6 +27,21 @@ FAB = Path(__file__).resolve().parents[2] / "examples" / "fab-line.yaml"
 TWIN = "fab_line_3"
 ETCH = "etch_tool_7"
 HISTORY_S = 30.0
+
+
+def fast_actions(base: Settings) -> Settings:
+    """``base`` with the executor and evidence tuned for tests against the fast plant: short
+    evidence window, quick polls and ramp writes, a small simulation."""
+    actions = base.actions.model_copy(
+        update={
+            "evidence_window_s": 2.0,
+            "ramp_write_interval_s": 0.1,
+            "poll_interval_s": 0.1,
+            "write_timeout_s": 3.0,
+            "sim_samples": 1000,
+        }
+    )
+    return base.model_copy(update={"actions": actions})
 
 
 def trusting_policy(verification_window_s: float) -> dict[str, Any]:

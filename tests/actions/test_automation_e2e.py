@@ -22,6 +22,7 @@ from tests.actions.plant_fixtures import (
     ETCH,
     TWIN,
     RunningPlant,
+    fast_actions,
     plant_fixture,
     trusting_policy,
     wait_until,
@@ -39,20 +40,8 @@ def backend() -> str:
 
 @pytest.fixture
 async def settings(db_settings: Settings) -> Settings:
-    actions = db_settings.actions.model_copy(
-        update={
-            "evidence_window_s": 2.0,
-            "ramp_write_interval_s": 0.1,
-            "poll_interval_s": 0.1,
-            "write_timeout_s": 3.0,
-            "sim_samples": 1000,
-        }
-    )
-    return db_settings.model_copy(
-        update={
-            "actions": actions,
-            "automation": AutomationSettings(enabled=True, poll_interval_s=0.1, recheck_s=0.5),
-        }
+    return fast_actions(db_settings).model_copy(
+        update={"automation": AutomationSettings(enabled=True, poll_interval_s=0.1, recheck_s=0.5)}
     )
 
 

@@ -36,7 +36,7 @@ from tests.actions.mqtt_plant import (
     running_plant,
     wait_connected,
 )
-from tests.actions.plant_fixtures import ETCH, trusting_policy, wait_until
+from tests.actions.plant_fixtures import ETCH, fast_actions, trusting_policy, wait_until
 from tests.conftest import Keys, require_service
 from tests.plant.mqtt_helpers import Recorder, recording
 
@@ -72,18 +72,7 @@ async def settings(
 ) -> AsyncIterator[Settings]:
     """The plant on MQTT under a twin of its own; the database already holds the twin and its
     history when the app (and with it the plant) starts."""
-    actions = db_settings.actions.model_copy(
-        update={
-            "evidence_window_s": 2.0,
-            "ramp_write_interval_s": 0.1,
-            "poll_interval_s": 0.1,
-            "write_timeout_s": 3.0,
-            "sim_samples": 1000,
-        }
-    )
-    configured = mqtt_plant_settings(
-        db_settings.model_copy(update={"actions": actions}), automation=automation
-    )
+    configured = mqtt_plant_settings(fast_actions(db_settings), automation=automation)
     await prepare_database(configured)
     yield configured
     await forget_broker_state(configured)  # after the app (and its plant) stopped

@@ -17,22 +17,20 @@ from opstwin.config import Settings
 from opstwin.plant.faults import FaultSpec
 from opstwin.policy.rbac import Role
 from opstwin.services import Services
-from tests.actions.plant_fixtures import ETCH, TWIN, RunningPlant, plant_fixture, wait_until
+from tests.actions.plant_fixtures import (
+    ETCH,
+    TWIN,
+    RunningPlant,
+    fast_actions,
+    plant_fixture,
+    wait_until,
+)
 from tests.conftest import Keys
 
 
 @pytest.fixture
 async def settings(db_settings: Settings) -> Settings:
-    actions = db_settings.actions.model_copy(
-        update={
-            "evidence_window_s": 2.0,
-            "ramp_write_interval_s": 0.1,
-            "poll_interval_s": 0.1,
-            "write_timeout_s": 3.0,
-            "sim_samples": 1000,
-        }
-    )
-    return db_settings.model_copy(update={"actions": actions})
+    return fast_actions(db_settings)
 
 
 @pytest.fixture

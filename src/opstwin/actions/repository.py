@@ -30,9 +30,6 @@ OPEN_STATES = frozenset({"proposed", "scored", "awaiting_approval", "needs_analy
 ACTIVE_STATES = OPEN_STATES | IN_FLIGHT_STATES
 """States in which a proposal still holds its asset (no second proposal may start there)."""
 
-ENDED_STATES = frozenset({"rejected", "expired", "rolled_back", "failed"})
-"""States after which a proposal no longer answers its anomaly."""
-
 SUCCEEDED = "succeeded"
 FAILED_STATES = ("rolled_back", "failed")
 

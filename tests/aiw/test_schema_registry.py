@@ -77,6 +77,23 @@ def test_registry_refuses_a_schema_without_a_stable_id() -> None:
         )
 
 
+def test_a_schema_that_breaks_the_metaschema_is_refused_every_time() -> None:
+    """The metaschema check is remembered per document, but only a pass is remembered."""
+    from jsonschema.exceptions import SchemaError
+
+    broken = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:opstwin:schema:x.v1",
+        "type": "no-such-type",
+    }
+    for _ in range(2):
+        with pytest.raises(SchemaError):
+            SchemaRegistry({"x.v1": broken})
+    fine = {**broken, "type": "object"}
+    assert SchemaRegistry({"x.v1": fine}).names() == ["x.v1"]
+    assert SchemaRegistry({"x.v1": dict(fine)}).names() == ["x.v1"]
+
+
 async def test_changelog_rejects_invalid_envelopes_even_after_remembering_valid_ones() -> None:
     from opstwin.aiw.changelog import ChangeLog, NewEvent
     from opstwin.kit.clock import ManualClock

@@ -173,6 +173,43 @@ async def _run(port: int, backend: str) -> tuple[float, float, int, int]:
     )
 
 
+async def _run_bare(port: int) -> float:
+    """Baseline: msg/s from first publish until a bare subscriber in this process has received
+    (and acknowledged) every message — the same broker, publisher and client library (aiomqtt
+    over paho, QoS 1, MQTT 3.1.1), no parsing, no database: the ceiling of receiving here."""
+    token = secrets.token_hex(4)
+    prefix = f"bare{token}"
+    with TemporaryDirectory(prefix="opstwin-bench-") as tmp:
+        files = _write_lines(Path(tmp), MESSAGES)
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            port,
+            identifier=f"opstwin-bench-bare-{token}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+        ) as client:
+            await client.subscribe(f"{prefix}/+/+/telemetry", qos=1)
+            received = 0
+            last = 0.0
+
+            async def receive() -> None:
+                nonlocal received, last
+                async for _message in client.messages:
+                    received += 1
+                    if received >= MESSAGES:
+                        last = time.time()
+                        return
+
+            receiver = asyncio.create_task(receive())
+            began, _ = await _publish(port, prefix, files)
+            try:
+                async with asyncio.timeout(STALL_S * 12):
+                    await receiver
+            except TimeoutError:
+                raise RuntimeError(f"the bare subscriber got {received} of {MESSAGES}") from None
+    return MESSAGES / (last - began)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -215,9 +252,10 @@ def _tuned_broker() -> Iterator[int]:
 
 def _report(label: str, port: int, backend: str, *, zero_loss: bool) -> None:
     rate, publisher, lost, duplicates = asyncio.run(_run(port, backend))
+    bare = f"   bare subscriber {asyncio.run(_run_bare(port)):>8,.0f} msg/s" if zero_loss else ""
     print(
         f"   {label:<32} {backend:<10} {MESSAGES:,} msgs  {rate:>8,.0f} msg/s durable   "
-        f"(publisher {publisher:>8,.0f} msg/s)   lost {lost}   duplicates {duplicates}"
+        f"(publisher {publisher:>8,.0f} msg/s)   lost {lost}   duplicates {duplicates}{bare}"
     )
     if lost and zero_loss:
         raise RuntimeError(f"{lost} of {MESSAGES} messages lost")

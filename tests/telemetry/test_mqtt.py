@@ -5,15 +5,22 @@ restart of the app, with duplicates stored once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import shutil
+import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
 import pytest
+import structlog.testing
 from sqlalchemy import func, select
 
 from opstwin.app import create_app
@@ -23,7 +30,7 @@ from opstwin.telemetry.dead_letters import dead_letters
 from opstwin.telemetry.mqtt import map_payload
 from opstwin.telemetry.tables import telemetry_events
 from opstwin.twins import load_twin_file
-from tests.conftest import Keys, require_service
+from tests.conftest import IN_CI, Keys, require_service
 
 pytestmark = pytest.mark.mqtt
 
@@ -335,6 +342,120 @@ async def test_no_acknowledged_message_is_lost_while_the_database_is_unavailable
         await until(lambda: _committed(services, 400))
         ids = await stored_event_ids(services)
     assert ids == [f"lock-{i:04d}" for i in range(400)]
+
+
+@contextlib.contextmanager
+def private_broker(port: int, persistence: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A Mosquitto of the test's own on ``port`` (it keeps sessions in ``persistence``, so a
+    restart behaves like a production broker's), stopped on exit."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        message = "the mosquitto binary is not installed"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: a missing service is a failure)")
+        pytest.skip(message)
+    persistence.mkdir(exist_ok=True)
+    conf = persistence / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"persistence true\npersistence_location {persistence}/\n"
+    )
+    broker = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if broker.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mosquitto did not start on {port}") from None
+                time.sleep(0.02)
+        yield broker
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_source_reconnects_with_backoff_when_the_broker_restarts(
+    settings: Settings, tmp_path: Path, backend: str
+) -> None:
+    """The broker goes away mid-stream and comes back on the same address: the source notices,
+    retries with growing pauses, reconnects on its own, and every message — before the outage,
+    and published while it was reconnecting — is stored once."""
+    port = free_port()
+    token = secrets.token_hex(4)
+    mqtt = MqttSettings(
+        url=f"mqtt://127.0.0.1:{port}",
+        topic_filter=f"r{token}/+/+/telemetry",
+        client_id=f"opstwin-test-{token}",
+        batch_max_delay_s=0.02,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.4,
+    )
+    name = mqtt.topic_filter.replace("+/+", f"{TWIN}/{ASSET}")
+
+    def events(start: int, stop: int) -> list[tuple[str, bytes]]:
+        return [
+            (
+                name,
+                json.dumps(
+                    {
+                        "event_id": f"re-{i:03d}",
+                        "ts": f"2026-01-01T02:{i // 60:02d}:{i % 60:02d}Z",
+                        "metrics": {"temp_c": 60.5},
+                    }
+                ).encode(),
+            )
+            for i in range(start, stop)
+        ]
+
+    async def send(messages: list[tuple[str, bytes]]) -> None:
+        async with aiomqtt.Client("127.0.0.1", port) as client:
+            for topic_, payload in messages:
+                await client.publish(topic_, payload, qos=1)
+
+    app = create_app(settings.model_copy(update={"mqtt": mqtt}))
+    with private_broker(port, tmp_path / "broker") as broker:
+        async with app.router.lifespan_context(app):
+            services: Services = app.state.services
+            source = services.mqtt
+            assert source is not None
+            await load_model(services)
+            await connected(services)
+            await send(events(0, 50))
+            await until(lambda: _at_least(stored_event_ids(services), 50))
+
+            with structlog.testing.capture_logs() as logs:
+                broker.terminate()
+                broker.wait(10)
+                await until(lambda: _true(not source.connected.is_set()))
+                # Retries against the closed port while it is down (connection refused).
+                await until(lambda: _true(_retries(logs) >= 3))
+            pauses = _retries_s(logs)
+            assert pauses[:3] == [0.05, 0.1, 0.2]  # doubling from reconnect_min_s
+            assert max(pauses) <= 0.4  # up to reconnect_max_s
+            with private_broker(port, tmp_path / "broker"):
+                await until(lambda: _true(source.connections >= 2))
+                await send(events(50, 100))
+                await until(lambda: _at_least(stored_event_ids(services), 100))
+                ids = await stored_event_ids(services)
+    assert ids == [f"re-{i:03d}" for i in range(100)]
+    assert source.connections == 2
+
+
+def _retries_s(logs: list[dict[str, Any]]) -> list[float]:
+    return [float(e["retry_in_s"]) for e in logs if e["event"] == "mqtt.disconnected"]
+
+
+def _retries(logs: list[dict[str, Any]]) -> int:
+    return len(_retries_s(logs))
 
 
 async def _true(value: bool) -> bool:

@@ -27,7 +27,7 @@ from opstwin.app import create_app
 from opstwin.config import MqttSettings, Settings
 from opstwin.services import Services
 from opstwin.telemetry.dead_letters import dead_letters
-from opstwin.telemetry.mqtt import map_payload
+from opstwin.telemetry.mqtt import MQTTSensorAdapter, map_payload
 from opstwin.telemetry.tables import telemetry_events
 from opstwin.twins import load_twin_file
 from tests.conftest import IN_CI, Keys, require_service
@@ -59,12 +59,21 @@ async def mqtt_settings(settings: Settings) -> AsyncIterator[Settings]:
 
 @pytest.fixture
 async def mqtt_app(mqtt_settings: Settings) -> AsyncIterator[Services]:
-    app = create_app(mqtt_settings)
+    async with running(mqtt_settings) as (services, _source):
+        yield services
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[Services, MQTTSensorAdapter]]:
+    """The app started on ``settings`` with the example twin loaded and its MQTT source
+    connected."""
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         services: Services = app.state.services
+        assert services.mqtt is not None
         await load_model(services)
         await connected(services)
-        yield services
+        yield services, services.mqtt
 
 
 async def load_model(services: Services) -> None:
@@ -82,10 +91,28 @@ def topic(settings: Settings, twin: str = TWIN, asset: str = ASSET) -> str:
     return settings.mqtt.topic_filter.replace("+/+", f"{twin}/{asset}")
 
 
-async def publish(messages: list[tuple[str, bytes]]) -> None:
-    async with aiomqtt.Client("127.0.0.1", 1883) as client:
+async def publish(messages: list[tuple[str, bytes]], port: int = 1883) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
         for name, payload in messages:
             await client.publish(name, payload, qos=1)
+
+
+def numbered(name: str, tag: str, numbers: range, *, hour: int) -> list[tuple[str, bytes]]:
+    """telemetry.v1 messages on topic ``name``, event ids ``<tag>-0000``…, one second apart
+    from ``hour`` o'clock on 2026-01-01, each with one ``temp_c`` reading."""
+    return [
+        (
+            name,
+            json.dumps(
+                {
+                    "event_id": f"{tag}-{i:04d}",
+                    "ts": f"2026-01-01T{hour:02d}:{i // 60:02d}:{i % 60:02d}Z",
+                    "metrics": {"temp_c": 60.0 + (i % 7) * 0.1},
+                }
+            ).encode(),
+        )
+        for i in numbers
+    ]
 
 
 async def stored_event_ids(services: Services) -> list[str]:
@@ -265,19 +292,7 @@ async def test_messages_published_while_down_are_ingested_once_after_restart(
 
     name = topic(mqtt_settings)
     count = 300
-    messages = [
-        (
-            name,
-            json.dumps(
-                {
-                    "event_id": f"down-{i:04d}",
-                    "ts": f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
-                    "metrics": {"temp_c": 60.0 + (i % 7) * 0.1},
-                }
-            ).encode(),
-        )
-        for i in range(count)
-    ]
+    messages = numbered(name, "down", range(count), hour=0)
     await publish(messages + messages[:10])  # ten delivered twice
 
     app = create_app(mqtt_settings)
@@ -304,27 +319,9 @@ async def test_no_acknowledged_message_is_lost_while_the_database_is_unavailable
     name = topic(settings)
 
     def events(start: int, stop: int) -> list[tuple[str, bytes]]:
-        return [
-            (
-                name,
-                json.dumps(
-                    {
-                        "event_id": f"lock-{i:04d}",
-                        "ts": f"2026-01-01T01:{i // 60:02d}:{i % 60:02d}Z",
-                        "metrics": {"temp_c": 61.0},
-                    }
-                ).encode(),
-            )
-            for i in range(start, stop)
-        ]
+        return numbered(name, "lock", range(start, stop), hour=1)
 
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        services: Services = app.state.services
-        source = services.mqtt
-        assert source is not None
-        await load_model(services)
-        await connected(services)
+    async with running(settings) as (services, source):
         await publish(events(0, 100))
         await until(lambda: _at_least(stored_event_ids(services), 100))
 
@@ -402,34 +399,11 @@ async def test_the_source_reconnects_with_backoff_when_the_broker_restarts(
     name = mqtt.topic_filter.replace("+/+", f"{TWIN}/{ASSET}")
 
     def events(start: int, stop: int) -> list[tuple[str, bytes]]:
-        return [
-            (
-                name,
-                json.dumps(
-                    {
-                        "event_id": f"re-{i:03d}",
-                        "ts": f"2026-01-01T02:{i // 60:02d}:{i % 60:02d}Z",
-                        "metrics": {"temp_c": 60.5},
-                    }
-                ).encode(),
-            )
-            for i in range(start, stop)
-        ]
+        return numbered(name, "re", range(start, stop), hour=2)
 
-    async def send(messages: list[tuple[str, bytes]]) -> None:
-        async with aiomqtt.Client("127.0.0.1", port) as client:
-            for topic_, payload in messages:
-                await client.publish(topic_, payload, qos=1)
-
-    app = create_app(settings.model_copy(update={"mqtt": mqtt}))
     with private_broker(port, tmp_path / "broker") as broker:
-        async with app.router.lifespan_context(app):
-            services: Services = app.state.services
-            source = services.mqtt
-            assert source is not None
-            await load_model(services)
-            await connected(services)
-            await send(events(0, 50))
+        async with running(settings.model_copy(update={"mqtt": mqtt})) as (services, source):
+            await publish(events(0, 50), port)
             await until(lambda: _at_least(stored_event_ids(services), 50))
 
             with structlog.testing.capture_logs() as logs:
@@ -443,10 +417,10 @@ async def test_the_source_reconnects_with_backoff_when_the_broker_restarts(
             assert max(pauses) <= 0.4  # up to reconnect_max_s
             with private_broker(port, tmp_path / "broker"):
                 await until(lambda: _true(source.connections >= 2))
-                await send(events(50, 100))
+                await publish(events(50, 100), port)
                 await until(lambda: _at_least(stored_event_ids(services), 100))
                 ids = await stored_event_ids(services)
-    assert ids == [f"re-{i:03d}" for i in range(100)]
+    assert ids == [f"re-{i:04d}" for i in range(100)]
     assert source.connections == 2
 
 

@@ -54,8 +54,9 @@ from opstwin.actions.actuators.mqtt_contract import (
     split_topic,
 )
 from opstwin.kit.clock import Clock, rfc3339
+from opstwin.kit.mqtt import DEFAULT_PORT, BrokerAddress, keep_connected
+from opstwin.kit.tasks import log_crash
 from opstwin.plant.simulated import SimulatedPlant
-from opstwin.telemetry.mqtt import DEFAULT_PORT, BrokerAddress
 
 log = structlog.get_logger(__name__)
 
@@ -89,12 +90,7 @@ class PlantMqttBridge:
         reconnect_max_s: float = 5.0,
     ) -> None:
         """``url`` (``mqtt://[user:password@]host[:port]``) wins over ``host``/``port``/credentials."""
-        if url is not None:
-            self._address = BrokerAddress.parse(url)
-        else:
-            self._address = BrokerAddress(
-                host=host, port=port, username=username, password=password
-            )
+        self._address = BrokerAddress.of(url, host, port, username, password)
         self.plant = plant
         self._clock = clock
         self._prefix = topic_prefix
@@ -127,7 +123,7 @@ class PlantMqttBridge:
             self._task = asyncio.create_task(
                 self._run(), name=f"opstwin-plant-mqtt-{self.plant.twin_id}"
             )
-            self._task.add_done_callback(_log_crash)
+            self._task.add_done_callback(log_crash("plant.mqtt.crashed"))
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -180,58 +176,44 @@ class PlantMqttBridge:
         self._dirty_event.set()
 
     def _new_client(self) -> aiomqtt.Client:
-        a = self._address
-        return aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=True,
-            socket_options=(NO_DELAY,),
-        )
+        return self._address.client(self._client_id, clean_session=True, socket_options=(NO_DELAY,))
 
     async def _run(self) -> None:
-        backoff, backoff_max = self._reconnect
-        first = backoff
-        while True:
-            try:
-                async with self._new_client() as client:
-                    await client.subscribe(command_filter(self._prefix, self.plant.twin_id), qos=1)
-                    self._client = client
-                    for asset in self.plant.asset_ids():
-                        await self._publish_report(client, asset)
-                    self.connections += 1
-                    self.connected.set()
-                    log.info(
-                        "plant.mqtt.connected",
-                        twin_id=self.plant.twin_id,
-                        host=self._address.host,
-                        port=self._address.port,
-                        prefix=self._prefix,
-                    )
-                    backoff = first
-                    flusher = asyncio.create_task(self._flush_reports(client))
-                    try:
-                        async for message in client.messages:
-                            await self._on_message(client, str(message.topic), message.payload)
-                    finally:
-                        flusher.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await flusher
-            except aiomqtt.MqttError as exc:
-                log.warning(
-                    "plant.mqtt.disconnected",
-                    twin_id=self.plant.twin_id,
-                    error=str(exc),
-                    retry_in_s=backoff,
-                )
-            finally:
-                self._client = None
-                self.connected.clear()
-            await asyncio.sleep(backoff)  # reconnect backoff
-            backoff = min(backoff * 2, backoff_max)
+        await keep_connected(
+            self._new_client,
+            self._session,
+            backoff=self._reconnect,
+            disconnected="plant.mqtt.disconnected",
+            on_lost=self._lost,
+            twin_id=self.plant.twin_id,
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(command_filter(self._prefix, self.plant.twin_id), qos=1)
+        self._client = client
+        for asset in self.plant.asset_ids():
+            await self._publish_report(client, asset)
+        self.connections += 1
+        self.connected.set()
+        log.info(
+            "plant.mqtt.connected",
+            twin_id=self.plant.twin_id,
+            host=self._address.host,
+            port=self._address.port,
+            prefix=self._prefix,
+        )
+        flusher = asyncio.create_task(self._flush_reports(client))
+        try:
+            async for message in client.messages:
+                await self._on_message(client, str(message.topic), message.payload)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    def _lost(self) -> None:
+        self._client = None
+        self.connected.clear()
 
     async def _flush_reports(self, client: aiomqtt.Client) -> None:
         """Publish the reports of assets whose setpoints changed (ramps), coalesced."""
@@ -303,9 +285,3 @@ class PlantMqttBridge:
         else:
             self.commands_applied += 1
         await self._publish_report(client, asset, duplicate=result.duplicate)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A connection loop that ended by anything but cancellation is a bug: say so loudly."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("plant.mqtt.crashed", task=task.get_name(), exc_info=exc)

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from opstwin.kit.clock import Clock
+from opstwin.kit.tasks import log_crash
 from opstwin.plant.simulated import SimulatedPlant
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,7 @@ class PlantRunner:
         """Start stepping in the background (a no-op when already running)."""
         if not self.running:
             self._task = asyncio.create_task(self.run(), name=f"opstwin-plant-{self.plant.twin_id}")
-            self._task.add_done_callback(_log_crash)
+            self._task.add_done_callback(log_crash("plant.crashed"))
 
     async def stop(self) -> None:
         """Stop stepping; the tick in progress is abandoned."""
@@ -127,9 +128,3 @@ class PlantRunner:
                     "plant.sink_recovered", twin_id=self.plant.twin_id, lost=self._streak_lost
                 )
                 self._streak_lost = 0
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A runner that ended by anything but cancellation is a bug: say so loudly."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("plant.crashed", task=task.get_name(), exc_info=exc)

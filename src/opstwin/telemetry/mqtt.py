@@ -53,7 +53,6 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import orjson
@@ -65,36 +64,15 @@ from opstwin.kit import jsonutil
 from opstwin.kit.clock import Clock, rfc3339
 from opstwin.kit.db import Database
 from opstwin.kit.errors import OpsTwinError
+from opstwin.kit.mqtt import BrokerAddress, keep_connected
 from opstwin.telemetry.dead_letters import DeadLetter, record_dead_letters
 from opstwin.telemetry.ingest import Rejection, TelemetryIngestor
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT = 1883
 #: Pause before retrying a batch the database refused (it is restarting), doubling up to the max.
 COMMIT_RETRY_MIN_S = 0.2
 COMMIT_RETRY_MAX_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://[user:password@]host[:port]``."""
-        parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"not an mqtt://host[:port] URL: {url!r}")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or DEFAULT_PORT,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-        )
 
 
 @dataclass(slots=True)
@@ -221,16 +199,7 @@ class MQTTSensorAdapter:
             self._task = None
 
     def _client(self) -> aiomqtt.Client:
-        s, a = self._settings, self._address
-        client = aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=False,
-        )
+        client = self._address.client(self._settings.client_id, clean_session=False)
         # Acknowledge only what is durable. Set before connecting: a persistent session's
         # queued messages arrive right after CONNACK. (aiomqtt 2.5 has no public switch:
         # https://github.com/empicano/aiomqtt/issues/345.)
@@ -238,26 +207,26 @@ class MQTTSensorAdapter:
         return client
 
     async def _run(self) -> None:
-        backoff = self._settings.reconnect_min_s
-        while True:
-            try:
-                async with self._client() as client:
-                    await client.subscribe(self._settings.topic_filter, qos=1)
-                    self.connections += 1
-                    self.connected.set()
-                    log.info(
-                        "mqtt.connected",
-                        host=self._address.host,
-                        port=self._address.port,
-                        topics=self._settings.topic_filter,
-                    )
-                    backoff = self._settings.reconnect_min_s
-                    await self._consume(client)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                log.warning("mqtt.disconnected", error=str(exc), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.reconnect_max_s)
+        s = self._settings
+        await keep_connected(
+            self._client,
+            self._session,
+            backoff=(s.reconnect_min_s, s.reconnect_max_s),
+            disconnected="mqtt.disconnected",
+            on_lost=self.connected.clear,
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self._settings.topic_filter, qos=1)
+        self.connections += 1
+        self.connected.set()
+        log.info(
+            "mqtt.connected",
+            host=self._address.host,
+            port=self._address.port,
+            topics=self._settings.topic_filter,
+        )
+        await self._consume(client)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         """Batch, commit, acknowledge — until the connection drops (MqttError)."""

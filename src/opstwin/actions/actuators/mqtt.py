@@ -52,7 +52,8 @@ from opstwin.actions.actuators.mqtt_contract import (
     setpoints_filter,
     split_topic,
 )
-from opstwin.telemetry.mqtt import DEFAULT_PORT, BrokerAddress
+from opstwin.kit.mqtt import DEFAULT_PORT, BrokerAddress, keep_connected
+from opstwin.kit.tasks import log_crash
 
 log = structlog.get_logger(__name__)
 
@@ -83,10 +84,7 @@ class MqttActuator:
         reads: SetpointReading = "applied",
     ) -> None:
         """``url`` (``mqtt://[user:password@]host[:port]``) wins over ``host``/``port``/credentials."""
-        if url is not None:
-            address = BrokerAddress.parse(url)
-        else:
-            address = BrokerAddress(host=host, port=port, username=username, password=password)
+        address = BrokerAddress.of(url, host, port, username, password)
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         if (
@@ -127,7 +125,7 @@ class MqttActuator:
         """Connect in the background (a no-op when started)."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"opstwin-actuator-{self._name}")
-            self._task.add_done_callback(_log_crash)
+            self._task.add_done_callback(log_crash("actuator.mqtt.crashed"))
 
     async def stop(self) -> None:
         """Disconnect; writes still waiting end with OutcomeUnknown."""
@@ -245,52 +243,38 @@ class MqttActuator:
             ) from None
 
     def _new_client(self) -> aiomqtt.Client:
-        a = self._address
-        return aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=True,
-            socket_options=(NO_DELAY,),
-        )
+        return self._address.client(self._client_id, clean_session=True, socket_options=(NO_DELAY,))
 
     async def _run(self) -> None:
-        backoff, backoff_max = self._reconnect
-        first = backoff
+        await keep_connected(
+            self._new_client,
+            self._session,
+            backoff=self._reconnect,
+            disconnected="actuator.mqtt.disconnected",
+            on_lost=self._lost,
+            actuator=self._name,
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
         marker_topic = f"{self._prefix}/{SYNC_LEVEL}/{self._sync_token}/{SETPOINTS_SUFFIX}"
-        while True:
-            try:
-                async with self._new_client() as client:
-                    self._reports.clear()
-                    await client.subscribe(setpoints_filter(self._prefix), qos=1)
-                    self._client = client
-                    self.connections += 1
-                    self._marker = secrets.token_hex(8)
-                    await client.publish(marker_topic, self._marker.encode(), qos=1)
-                    log.info(
-                        "actuator.mqtt.connected",
-                        actuator=self._name,
-                        host=self._address.host,
-                        port=self._address.port,
-                    )
-                    backoff = first
-                    async for message in client.messages:
-                        self._receive(str(message.topic), payload_bytes(message.payload))
-            except aiomqtt.MqttError as exc:
-                log.warning(
-                    "actuator.mqtt.disconnected",
-                    actuator=self._name,
-                    error=str(exc),
-                    retry_in_s=backoff,
-                )
-            finally:
-                self._client = None
-                self.synced.clear()
-            await asyncio.sleep(backoff)  # reconnect backoff
-            backoff = min(backoff * 2, backoff_max)
+        self._reports.clear()
+        await client.subscribe(setpoints_filter(self._prefix), qos=1)
+        self._client = client
+        self.connections += 1
+        self._marker = secrets.token_hex(8)
+        await client.publish(marker_topic, self._marker.encode(), qos=1)
+        log.info(
+            "actuator.mqtt.connected",
+            actuator=self._name,
+            host=self._address.host,
+            port=self._address.port,
+        )
+        async for message in client.messages:
+            self._receive(str(message.topic), payload_bytes(message.payload))
+
+    def _lost(self) -> None:
+        self._client = None
+        self.synced.clear()
 
     def _receive(self, topic: str, payload: bytes) -> None:
         parts = split_topic(self._prefix, topic)
@@ -316,12 +300,6 @@ class MqttActuator:
             for future in self._waiters.get((twin_id, asset_id, key), []):
                 if not future.done():
                     future.set_result(report)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A connection loop that ended by anything but cancellation is a bug: say so loudly."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("actuator.mqtt.crashed", task=task.get_name(), exc_info=exc)
 
 
 def _current_task_cancelling() -> bool:

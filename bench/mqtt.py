@@ -11,6 +11,10 @@ beyond ``MESSAGES`` (redeliveries, stored once) reported as duplicates.
 Two brokers: the machine's Mosquitto on ``localhost:1883`` as configured (default in-flight
 window: 20 unacknowledged messages per client), and a Mosquitto the bench starts on a free
 loopback port from ``bench/mosquitto-bench.conf`` (``max_inflight_messages 1000``).
+
+Baseline (bench broker): a bare subscriber in this process — the same publisher, broker and
+client library (aiomqtt over paho-mqtt, QoS 1, MQTT 3.1.1) receiving and acknowledging only, no
+parsing, no database — the most this process can take off the socket with that library.
 """
 
 from __future__ import annotations

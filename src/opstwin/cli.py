@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from opstwin import __version__, cli_api
+from opstwin import __version__, cli_anomalies, cli_api
 from opstwin.config import Settings
 from opstwin.kit import jsonutil
 from opstwin.kit.clock import SystemClock
@@ -42,6 +42,7 @@ policy_app = typer.Typer(help="Action policies (policy.v1).", no_args_is_help=Tr
 app.add_typer(policy_app, name="policy")
 app.add_typer(cli_api.proposals_app, name="proposals")
 app.add_typer(cli_api.sim_app, name="sim")
+app.add_typer(cli_anomalies.anomalies_app, name="anomalies")
 app.command("status")(cli_api.status)
 
 out = Console()

@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 # What each purpose installs into the project's virtualenv (pyproject.toml extras).
 RUN_EXTRAS  := postgres
 TEST_EXTRAS := dev,quantum
+# Test processes (pytest-xdist). Each test has its own database (a SQLite file or a PostgreSQL
+# schema), broker topics and ports, so they run side by side; 0 runs them in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev demo serve test lint format bench clean
 
@@ -38,7 +41,7 @@ format: install-dev
 	$(BIN)/ruff check --fix src tests bench examples
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 bench: install-dev
 	$(BIN)/python -m bench

@@ -136,14 +136,13 @@ def _replay(
     recording: Recording, config: SeriesConfig, asset: str, tolerance_rows: int, *, quiet: bool
 ) -> list[SeriesResult]:
     results: list[SeriesResult] = []
+    ids = SequentialIds()  # anomaly ids unique across the file's series
     columns = (BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
         task = bar.add_task("series", total=len(recording.series))
         for series in recording.series:
             one = Recording(recording.time_column, [series], recording.labels, recording.row_ts_us)
-            results += run(
-                one, config, SequentialIds(), asset_id=asset, tolerance_rows=tolerance_rows
-            )
+            results += run(one, config, ids, asset_id=asset, tolerance_rows=tolerance_rows)
             bar.advance(task)
     return results
 

@@ -213,3 +213,16 @@ def to_micros_of(ts: str) -> int:
     from datetime import datetime
 
     return to_micros(datetime.fromisoformat(ts))
+
+
+def test_anomaly_ids_are_unique_across_the_files_series(tmp_path: Path) -> None:
+    x, _ = labelled_series()
+    path = write(
+        tmp_path / "two.csv", "timestamp,a,b", [f"{i},{v:.6f},{v:.6f}" for i, v in enumerate(x)]
+    )
+    result = runner.invoke(app, ["anomalies", "detect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    a, b = json.loads(result.stdout)["series"]
+    ids = [r["anomaly_id"] for s in (a, b) for r in s["records"]]
+    assert len(a["records"]) == len(b["records"]) > 0
+    assert len(set(ids)) == len(ids)

@@ -15,7 +15,7 @@ from opstwin.services import Services
 from tests.conftest import Keys
 
 WRITERS = 8
-PER_WRITER = 500
+PER_WRITER = 250  # 2,000 commits racing from 8 writers per test
 ROOT = Path(__file__).resolve().parents[2]
 
 

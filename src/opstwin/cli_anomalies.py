@@ -82,7 +82,7 @@ def detect(
         _fail(f"--drift is cusum or ewma, not {drift!r}")
     try:
         config = _config(twin_file, metric)
-    except (OpsTwinError, ValueError) as exc:
+    except (OpsTwinError, ValueError, OSError) as exc:
         _fail(exc.detail if isinstance(exc, OpsTwinError) else str(exc))
     overrides: dict[str, Any] = {
         "z_threshold": z_threshold,

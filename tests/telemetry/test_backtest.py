@@ -206,6 +206,11 @@ def test_a_twin_metrics_limits_and_thresholds_apply(tmp_path: Path) -> None:
         app, ["anomalies", "detect", str(path), *twin, "--metric", "fab_line_3/etch_tool_7/nope"]
     )
     assert unknown.exit_code == 2
+    no_twin = runner.invoke(
+        app, ["anomalies", "detect", str(path), "--twin-file", "/nope.yaml", "--metric", "a/b/c"]
+    )
+    assert no_twin.exit_code == 2
+    assert "nope.yaml" in no_twin.output
     assert "declares no metric" in unknown.output
 
 

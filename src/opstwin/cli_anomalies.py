@@ -65,6 +65,15 @@ def detect(
         float | None, typer.Option(min=1.0, help="Half-life of the baseline, in samples.")
     ] = None,
     drift: Annotated[str | None, typer.Option(help="Drift statistic: cusum or ewma.")] = None,
+    season_period: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="The series' cycle in seconds (e.g. 86400), instead of searching."
+        ),
+    ] = None,
+    no_season: Annotated[
+        bool, typer.Option("--no-season", help="No cycle: neither searched for nor given.")
+    ] = False,
     tolerance_rows: Annotated[
         int,
         typer.Option(
@@ -80,6 +89,8 @@ def detect(
     many labelled anomalies were found and how many alarms were false."""
     if drift not in (None, "cusum", "ewma"):
         _fail(f"--drift is cusum or ewma, not {drift!r}")
+    if no_season and season_period is not None:
+        _fail("--no-season and --season-period exclude each other")
     try:
         config = _config(twin_file, metric)
     except (OpsTwinError, ValueError, OSError) as exc:
@@ -89,6 +100,8 @@ def detect(
         "warmup_samples": warmup_samples,
         "baseline_halflife_samples": halflife_samples,
         "drift_method": drift,
+        "season_period_s": season_period,
+        "season_detect": False if no_season else None,
     }
     try:
         config = dataclasses.replace(
@@ -152,6 +165,7 @@ def _as_dict(result: SeriesResult) -> dict[str, Any]:
         "name": result.name,
         "points": result.points,
         "anomalies_by_kind": result.kinds,
+        "period_s": result.period_s,
         "records": result.records,
     }
     if result.score is not None:
@@ -168,14 +182,15 @@ def _as_dict(result: SeriesResult) -> dict[str, Any]:
 
 
 def _print(results: list[SeriesResult], recording: Recording) -> None:
-    summary = Table("series", "points", "anomalies", "by kind", title="Replay")
+    summary = Table("series", "points", "cycle", "anomalies", "by kind", title="Replay")
     if recording.labels is not None:
         for heading in ("labelled found", "false alarms"):
             summary.add_column(heading, justify="right")
     for r in results:
         opened = sum(r.kinds.values())
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(r.kinds.items())) or "—"
-        cells = [r.name, f"{r.points:,}", str(opened), kinds]
+        cycle = "—" if r.period_s is None else _duration(r.period_s)
+        cells = [r.name, f"{r.points:,}", cycle, str(opened), kinds]
         if r.score is not None:
             cells += [
                 f"{r.score.windows_found} of {r.score.windows}",
@@ -199,6 +214,14 @@ def _print(results: list[SeriesResult], recording: Recording) -> None:
     out.print(listing)
     if len(rows) > TABLE_ROWS:
         out.print(f"… and {len(rows) - TABLE_ROWS} more (--json lists every record)")
+
+
+def _duration(seconds: float) -> str:
+    """A cycle for people: 7d, 12h, 30min, 45s."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _resolution(records: list[dict[str, Any]], anomaly_id: str) -> str:

@@ -30,7 +30,7 @@ N = 3000
 
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["spike", "shift", "stuck", "ramp", "breach"]),
+        st.sampled_from(["spike", "shift", "stuck", "ramp", "breach", "cycle"]),
         st.integers(min_value=100, max_value=N - 100),
         st.floats(min_value=0.5, max_value=20.0),
     ),
@@ -50,7 +50,8 @@ class CountingIds:
 def generated(
     seed: int, mean: float, std: float, events: list[tuple[str, int, float]]
 ) -> np.ndarray[Any, Any]:
-    """Gaussian noise with injected spikes, level shifts, stuck stretches, ramps, breaches."""
+    """Gaussian noise with injected spikes, level shifts, stuck stretches, ramps, breaches,
+    cycles."""
     x = np.random.default_rng(seed).normal(mean, std, N)
     for kind, at, size in events:
         if kind == "spike":
@@ -61,6 +62,8 @@ def generated(
             x[at : at + 60] = x[at - 1]
         elif kind == "ramp":
             x[at:] += np.arange(N - at) * size * std / 1000
+        elif kind == "cycle":  # the whole series follows a cycle of 12 to 111 samples
+            x += size * std * np.sin(2 * np.pi * np.arange(N) / (12 + at % 100))
         else:
             x[at] = mean + 100 * std
     return x

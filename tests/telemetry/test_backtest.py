@@ -231,3 +231,29 @@ def test_anomaly_ids_are_unique_across_the_files_series(tmp_path: Path) -> None:
     ids = [r["anomaly_id"] for s in (a, b) for r in s["records"]]
     assert len(a["records"]) == len(b["records"]) > 0
     assert len(set(ids)) == len(ids)
+
+
+def test_the_cycle_is_searched_given_or_switched_off(tmp_path: Path) -> None:
+    """A daily curve in 5-minute rows: the replay finds the day and says so; --season-period
+    gives it, --no-season replays with a plain baseline."""
+    k = np.arange(2000)
+    x = 50 + 5 * np.sin(2 * np.pi * k / 288) + np.random.default_rng(3).normal(size=len(k))
+    path = write(
+        tmp_path / "load.csv", "timestamp,load", [f"{i * 300},{v:.4f}" for i, v in enumerate(x)]
+    )
+
+    def period(*options: str) -> object:
+        result = runner.invoke(app, ["anomalies", "detect", str(path), "--json", *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["series"][0]["period_s"]
+
+    assert period() == 86_400.0
+    assert period("--season-period", "43200") == 43_200.0
+    assert period("--no-season") is None
+    human = runner.invoke(app, ["anomalies", "detect", str(path)])
+    assert "1d" in human.stdout
+    both = runner.invoke(
+        app, ["anomalies", "detect", str(path), "--no-season", "--season-period", "60"]
+    )
+    assert both.exit_code == 2
+    assert "exclude each other" in both.output

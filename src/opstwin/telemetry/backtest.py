@@ -98,6 +98,8 @@ class SeriesResult:
     records: list[dict[str, Any]]
     score: SeriesScore | None = None
     kinds: dict[str, int] = field(default_factory=dict)
+    #: The cycle the detector found (or was given) and followed, in seconds.
+    period_s: float | None = None
 
 
 def read_csv(
@@ -178,8 +180,11 @@ def run(
     detector = AnomalyDetector(ids, DetectorConfig(default=config))
     results = []
     for s in recording.series:
-        records = detector.process_series(SeriesKey(twin_id, asset_id, s.name), s.ts_us, s.values)
-        result = SeriesResult(s.name, len(s.values), records)
+        key = SeriesKey(twin_id, asset_id, s.name)
+        records = detector.process_series(key, s.ts_us, s.values)
+        snapshot = detector.baseline(key)
+        period = snapshot.period_s if snapshot is not None else None
+        result = SeriesResult(s.name, len(s.values), records, period_s=period)
         for record in records:
             if record["status"] == "open":
                 result.kinds[record["kind"]] = result.kinds.get(record["kind"], 0) + 1

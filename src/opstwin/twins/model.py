@@ -167,6 +167,33 @@ class FlatlineSpec(_Spec):
     )
 
 
+class SeasonalitySpec(_Spec):
+    """A cycle the metric follows (a daily load curve, a shift pattern, a batch cycle). With a
+    cycle the baseline is a level plus the cycle's learnt profile, so the cycle itself is
+    never an anomaly and what departs from it is found at full sensitivity."""
+
+    detect: bool = Field(
+        default=True,
+        description="Search the first samples for a cycle when period_s is not given.",
+    )
+    period_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="The cycle's length in seconds (e.g. 86400 for daily); learnt once two "
+        "cycles of samples have been seen.",
+    )
+    search_samples: int = Field(
+        default=1000,
+        ge=200,
+        le=20_000,
+        description="Samples searched for a cycle (every 200 of them, up to this many); a "
+        "cycle must be seen three times in them.",
+    )
+    halflife_cycles: float = Field(
+        default=4.0, gt=0, description="Half-life of the learnt profile, in cycles."
+    )
+
+
 class AnomalyThresholds(_Spec):
     """How the anomaly detector treats one metric. Given at the twin level
     (``anomaly_defaults``) and per metric; a metric's keys override the twin's, key by key."""
@@ -201,6 +228,9 @@ class AnomalyThresholds(_Spec):
     )
     flatline: FlatlineSpec = Field(
         default_factory=FlatlineSpec, description="Stuck-sensor detection."
+    )
+    seasonality: SeasonalitySpec = Field(
+        default_factory=SeasonalitySpec, description="A cycle in the metric's values."
     )
 
 

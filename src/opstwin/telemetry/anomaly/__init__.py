@@ -7,6 +7,14 @@ The model, per series
   then an exponentially weighted one with half-life ``baseline_halflife_samples``. Each
   sample is scored against the baseline *before* it is learnt:
   ``z = (x − mean) / max(std, min_std, 1e-9·|mean|)``.
+* **Cycles** (:mod:`.seasonal`): the first samples (every 200, up to ``search_samples``) are
+  searched for a cycle — a clear, repeated autocorrelation peak, measured in time and snapped to
+  the clock (an hour, a shift, a day, a week) when within 6 % of one; or the cycle is given
+  (``period_s``). Once found, the expected value is ``mean + profile(phase)`` — additive
+  Holt–Winters without trend: the profile (up to 168 points around the cycle, interpolated) is
+  fitted robustly to the samples seen, then learnt with half-life ``halflife_cycles`` — and
+  everything below runs on what departs from it. Series whose residuals are uncorrelated are
+  not searched (no cycle could hide there). Cyclic series take the per-sample path.
 * **Warm-up**: nothing but hard-limit breaches can fire before ``warmup_samples`` samples;
   drift detection waits a further 200 samples while it learns how correlated the residuals are.
 * **Kinds** (priority in this order when several fire on one sample):
@@ -29,7 +37,8 @@ The model, per series
   stuck away from the mean drives the CUSUM before the flatline window is full). It
   resolves, with a second record
   (``status: resolved``, ``resolves: <id>``), after ``clear_samples`` consecutive calm
-  samples: ``|z| < z_clear`` (spike; out_of_range also needs to be back inside the limits),
+  samples, and at least a quarter of the excursion's length (one that swings passes through
+  calm at every turn): ``|z| < z_clear`` (spike; out_of_range also needs to be back inside the limits),
   the EWMA of ``z`` since the alarm back within 0.5 σ (drift), the value moving (flatline).
 * **Level shifts and ramps**: every ``relearn_after_samples`` of an excursion, its linear
   trend over that window decides. Changed by less than 1 σ: it settled at a new level, which
@@ -55,7 +64,7 @@ out_of_range and spikes above low (simulate corrective setpoints), ``observe`` f
 spikes, ``inspect_sensor`` for flatlines, ``none`` on resolution records.
 
 Layout: :mod:`.kinds` (kind registry, scoring), :mod:`.config` (settings per series, from the
-twin model), :mod:`.state` (what persists), :mod:`.tracker` (one series: the per-sample
+twin model), :mod:`.seasonal` (the cycle search and profile), :mod:`.state` (what persists), :mod:`.tracker` (one series: the per-sample
 reference loop), :mod:`.fastpath` (quiet stretches vectorised, many series at once),
 :mod:`.detector` (many series, batches, state, forks that are adopted or dropped).
 """

@@ -61,6 +61,10 @@ class SeriesConfig:
     hard_high: float = math.inf
     normal_low: float = -math.inf
     normal_high: float = math.inf
+    season_detect: bool = _DEFAULTS.seasonality.detect
+    season_period_s: float = 0.0  # 0: none given
+    season_search_samples: int = _DEFAULTS.seasonality.search_samples
+    season_halflife_cycles: float = _DEFAULTS.seasonality.halflife_cycles
     # Derived once, used on every sample.
     alpha: float = field(init=False)
     keep: float = field(init=False)
@@ -77,6 +81,9 @@ class SeriesConfig:
     ac_keep: float = field(init=False)
     ac_n_eff: float = field(init=False)
     ac_margin: float = field(init=False)
+    season_wanted: bool = field(init=False)
+    season_period_us: int = field(init=False)
+    season_alpha: float = field(init=False)
 
     def __post_init__(self) -> None:
         if self.z_clear >= self.z_threshold:
@@ -111,6 +118,10 @@ class SeriesConfig:
             # Effective sample count of a converged EWMA with weight α: (2 − α)/α.
             "ac_n_eff": (2.0 - ac_alpha) / ac_alpha,
             "ac_margin": 2.0 * math.sqrt(2.0 / ((2.0 - ac_alpha) / ac_alpha)),
+            "season_wanted": self.season_detect or self.season_period_s > 0.0,
+            "season_period_us": round(self.season_period_s * 1_000_000),
+            # Weight of one cycle's evidence for a point of the profile.
+            "season_alpha": 1.0 - math.exp2(-1.0 / self.season_halflife_cycles),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -128,6 +139,7 @@ class SeriesConfig:
             if normal is not None and normal.low is not None and normal.high is not None:
                 min_std = NORMAL_RANGE_STD_FLOOR_FRACTION * (normal.high - normal.low)
         drift = thresholds.drift
+        season = thresholds.seasonality
         return cls(
             z_threshold=thresholds.z_threshold,
             z_clear=thresholds.z_clear,
@@ -149,6 +161,10 @@ class SeriesConfig:
             hard_high=_or(hard.high if hard else None, math.inf),
             normal_low=_or(normal.low if normal else None, -math.inf),
             normal_high=_or(normal.high if normal else None, math.inf),
+            season_detect=season.detect,
+            season_period_s=_or(season.period_s, 0.0),
+            season_search_samples=season.search_samples,
+            season_halflife_cycles=season.halflife_cycles,
         )
 
 

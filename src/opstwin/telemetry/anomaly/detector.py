@@ -83,7 +83,7 @@ class AnomalyDetector:
         """Apply new settings (a twin model was updated); learnt baselines are kept."""
         self._config = config
         for key, tracker in self._trackers.items():
-            tracker.cfg = config.for_series(key)
+            tracker.configure(config.for_series(key))
 
     def process_series(
         self, key: SeriesKey, ts_micros: npt.ArrayLike, values: npt.ArrayLike

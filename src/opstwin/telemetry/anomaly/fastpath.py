@@ -74,7 +74,7 @@ def head_start(feeds: Sequence[Feed]) -> list[int | None]:
     quiet = [
         k
         for k, (tracker, _, xs) in enumerate(feeds)
-        if len(xs) >= FAST_MIN_POINTS and tracker.steady()
+        if len(xs) >= FAST_MIN_POINTS and tracker.search_if_due() and tracker.steady()
     ]
     starts: list[int | None] = [None] * len(feeds)
     for k, start in zip(quiet, fast_forward([(*feeds[k], 0) for k in quiet]), strict=True):
@@ -93,7 +93,7 @@ def finish(feed: Feed, start: int | None, out: list[Emitted]) -> None:
         if i < total:  # the fast path stopped where something could fire
             i = tracker.resume(ts, xs, i, out)
     while i < total:
-        if tracker.steady() and total - i >= FAST_MIN_POINTS:
+        if total - i >= FAST_MIN_POINTS and tracker.search_if_due() and tracker.steady():
             i = fast_forward([(tracker, ts, xs, i)])[0]
             if i >= total:
                 break
@@ -130,7 +130,9 @@ def fast_forward(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]
 
 
 def _count(item: tuple[SeriesTracker, IntArray, FloatArray, int]) -> int:
-    return min(len(item[2]) - item[3], FAST_CHUNK)
+    """Samples of an item one chunk covers (at most: it may commit fewer)."""
+    tracker, _, xs, start = item
+    return min(len(xs) - start, FAST_CHUNK, tracker.fast_limit())
 
 
 def _filter_key(cfg: SeriesConfig) -> tuple[float | str, ...]:
@@ -185,7 +187,7 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
     states = [tracker.state for tracker, _, _, _ in items]
     cfgs = [tracker.cfg for tracker, _, _, _ in items]
     cfg = cfgs[0]  # the filter coefficients (shared by construction)
-    counts = [min(len(xs) - i, FAST_CHUNK) for _, _, xs, i in items]
+    counts = [_count(item) for item in items]
     width = max(counts)
     x = np.empty((count, width))
     for r, (_, _, xs, i) in enumerate(items):
@@ -319,10 +321,11 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
         ups, downs = at_j(up), at_j(down)
         up_runs = _positive_runs(up, j, [st.cusum_pos_len for st in states])
         down_runs = _positive_runs(down, j, [st.cusum_neg_len for st in states])
-    for r, (_, ts, _, i) in enumerate(items):
+    for r, (tracker, ts, xs, i) in enumerate(items):
         n = firsts[r]
         if not n:
             continue
+        tracker.committed(ts[i : i + n], xs[i : i + n])
         st, jr = states[r], n - 1
         st.mean, st.var, st.n = means[r], variances[r], st.n + n
         st.z, st.last_value, st.last_ts = zs_last[r], xs_last[r], int(ts[i + jr])

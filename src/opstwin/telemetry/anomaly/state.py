@@ -82,6 +82,17 @@ class SeriesState:
     ac_n: int = 0
     ac_decay: float = 1.0
     excursion: Excursion | None = None
+    # Seasonality (see .seasonal): the samples searched for a cycle (kept until one is found
+    # or the search ends: season_done), then the cycle in µs (0: none), the time its phase
+    # counts from, the profile around it and its per-sample learning weight.
+    season_ts: list[int] = field(default_factory=list)
+    season_xs: list[float] = field(default_factory=list)
+    season_done: bool = False
+    season_searched: int = 0  # how many samples the last search had
+    period_us: int = 0
+    season_origin: int = 0
+    season_gain: float = 0.0
+    profile: list[float] = field(default_factory=list)
 
     def copy(self) -> SeriesState:
         """An independent copy (what a forked detector works on until it is adopted)."""
@@ -90,6 +101,9 @@ class SeriesState:
             self,
             recent_z=list(self.recent_z),
             excursion=None if excursion is None else excursion.copy(),
+            season_ts=list(self.season_ts),
+            season_xs=list(self.season_xs),
+            profile=list(self.profile),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +111,8 @@ class SeriesState:
         every value through a generic recursion; this state is saved for every series a
         detector page touches)."""
         out = {name: getattr(self, name) for name in _STATE_FIELDS}
-        out["recent_z"] = list(self.recent_z)
+        for name in _LIST_FIELDS:
+            out[name] = list(out[name])
         excursion = self.excursion
         out["excursion"] = None if excursion is None else excursion.to_dict()
         return out
@@ -113,6 +128,7 @@ class SeriesState:
 
 _EXCURSION_FIELDS = tuple(f.name for f in fields(Excursion))
 _STATE_FIELDS = tuple(f.name for f in fields(SeriesState))
+_LIST_FIELDS = ("recent_z", "season_ts", "season_xs", "profile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +144,5 @@ class BaselineSnapshot:
     warmed_up: bool
     open_anomaly_id: str | None
     open_kind: str | None
+    #: The cycle the baseline follows (seconds), None when it has none.
+    period_s: float | None = None

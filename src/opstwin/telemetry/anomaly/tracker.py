@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from opstwin.kit.clock import from_micros, rfc3339
 from opstwin.kit.ids import IdSource
+from opstwin.telemetry.anomaly import seasonal
 from opstwin.telemetry.anomaly.config import SeriesConfig, SeriesKey
 from opstwin.telemetry.anomaly.kinds import (
     ANOMALY_KINDS,
@@ -64,6 +65,11 @@ CORRELATION_LEARNING_SAMPLES = 200
 # less than 1 σ over the window → settled at a new level (re-learn, resolve); more → still
 # drifting (follow the trend, keep the anomaly open).
 DRIFT_SETTLED_CHANGE = 1.0
+# An excursion is over after clear_samples calm samples, and at least this share of its
+# length: a long excursion that swings (a changed pattern, an oscillation) passes through
+# calm for a few samples at every turn, which must not split it into many anomalies. (A stuck
+# sensor is over as soon as it moves.)
+CALM_SHARE = 4
 # Once (1 − α)^n is below this, 1 − (1 − α)^n is exactly 1.0: the decay is flushed to 0
 # rather than carried on into subnormal numbers (slow, and pointless).
 DECAY_FLUSH = 1e-30
@@ -75,6 +81,9 @@ Z_CAP = 1e9
 FAST_MIN_POINTS = 64
 SCALAR_RESUME_AFTER = 8
 SCALAR_SLICE = 256
+# A given cycle is learnt once the samples span two of them; past this many samples without,
+# it is not learnt (the samples are kept in the series' state until then).
+FIXED_SEASON_MAX_SAMPLES = 20_000
 
 
 class SeriesTracker:
@@ -86,9 +95,23 @@ class SeriesTracker:
         self, key: SeriesKey, cfg: SeriesConfig, ids: IdSource, state: SeriesState
     ) -> None:
         self.key = key
-        self.cfg = cfg
         self.ids = ids
         self.state = state
+        self.cfg = cfg
+        self.configure(cfg)
+
+    def configure(self, cfg: SeriesConfig) -> None:
+        """Apply settings. Seasonality that they no longer ask for (or a different given
+        cycle) is dropped, and searched for or learnt again if asked."""
+        self.cfg = cfg
+        st = self.state
+        stale = st.period_us and (
+            not cfg.season_wanted or (cfg.season_period_us and cfg.season_period_us != st.period_us)
+        )
+        if stale or (not cfg.season_wanted and (st.season_done or st.season_xs)):
+            st.period_us, st.season_origin, st.season_gain, st.profile = 0, 0, 0.0, []
+            st.season_ts, st.season_xs, st.season_done = [], [], False
+            st.season_searched = 0
 
     def copy(self, cfg: SeriesConfig) -> SeriesTracker:
         """The same series and state (copied), with settings ``cfg``."""
@@ -102,7 +125,38 @@ class SeriesTracker:
             and st.n >= self.cfg.steady_from
             and st.ac_n >= CORRELATION_LEARNING_SAMPLES
             and len(st.recent_z) == DIFF_LAG
+            and not st.period_us
+            and (st.season_done or not self.cfg.season_wanted or not self._search_due())
         )
+
+    def searching(self) -> bool:
+        """Collecting samples to search for a cycle."""
+        return self.cfg.season_wanted and not self.state.season_done
+
+    def fast_limit(self) -> int:
+        """Samples the fast path may commit at once: while searching, up to the next search
+        (the loop searches before the sample that follows it, so must the fast path)."""
+        if self.searching():
+            return seasonal.CHECK_EVERY - len(self.state.season_xs) % seasonal.CHECK_EVERY
+        return 1 << 62
+
+    def committed(self, ts: IntArray, xs: FloatArray) -> None:
+        """The fast path committed these samples (what :meth:`step` would keep for the search)."""
+        if self.searching():
+            self.state.season_ts.extend(ts.tolist())
+            self.state.season_xs.extend(xs.tolist())
+
+    def search_if_due(self) -> bool:
+        """Run the search for a cycle if it is due (the next sample would run it first: the
+        outcome is the same, and a fast path may follow); returns True."""
+        if self.searching() and self._search_due():
+            self._search()
+        return True
+
+    def _search_due(self) -> bool:
+        st = self.state
+        collected = len(st.season_xs)
+        return collected % seasonal.CHECK_EVERY == 0 and collected > st.season_searched
 
     def resume(self, ts: IntArray, xs: FloatArray, i: int, out: list[Emitted]) -> int:
         """Per-sample processing from ``i`` until the series has been quiet for a while (and
@@ -125,14 +179,21 @@ class SeriesTracker:
     def step(self, t: int, x: float, out: list[Emitted]) -> None:
         """Process one sample: the reference semantics the vectorised path reproduces."""
         cfg, st = self.cfg, self.state
+        if cfg.season_wanted and not st.season_done:
+            if self._search_due():
+                self._search()
+            if not st.season_done:
+                st.season_ts.append(t)
+                st.season_xs.append(x)
         n, m0 = st.n, st.mean
+        season = self.season_at(t) if st.period_us else 0.0
         if n:
             s = math.sqrt(st.var)
             floor = REL_STD_FLOOR * abs(m0)
             if floor < cfg.std_floor:
                 floor = cfg.std_floor
             s_eff = s if s > floor else floor
-            d = x - m0
+            d = x - m0 - season
             z = d / s_eff
         else:
             s = s_eff = d = z = 0.0
@@ -143,7 +204,7 @@ class SeriesTracker:
         st.z = z if -Z_CAP <= z <= Z_CAP else (Z_CAP if z > 0.0 else -Z_CAP)
 
         if st.excursion is not None:
-            self._continue(t, x, z, s, s_eff, oor, moving, out)
+            self._continue(t, x, season, z, s, s_eff, oor, moving, out)
             return
 
         kind: str | None = None
@@ -163,7 +224,7 @@ class SeriesTracker:
             elif shift:
                 kind = DRIFT
         if kind is not None:
-            self._open(kind, t, x, z, s_eff, shift, out)
+            self._open(kind, t, x, season, z, s_eff, shift, out)
             return
         if n:
             recent = st.recent_z
@@ -178,9 +239,112 @@ class SeriesTracker:
             a = 1.0 / n1
             c = 1.0 - a
             ca = c * a
-        st.mean = c * m0 + a * x
+        st.mean = c * m0 + a * (x - season)
         st.var = c * st.var + ca * (d * d)
         st.n = n1
+        if st.period_us:
+            self._learn_season(t, d)
+
+    def season_at(self, t: int) -> float:
+        """The cycle's profile at ``t`` (interpolated between its points)."""
+        st = self.state
+        profile = st.profile
+        bucket, frac = seasonal.profile_at(profile, t, st.season_origin, st.period_us)
+        here = profile[bucket]
+        following = profile[bucket + 1] if bucket + 1 < len(profile) else profile[0]
+        return here + frac * (following - here)
+
+    def _learn_season(self, t: int, residual: float) -> None:
+        """Move the two profile points around ``t``'s phase towards what was left over."""
+        st = self.state
+        profile = st.profile
+        bucket, frac = seasonal.profile_at(profile, t, st.season_origin, st.period_us)
+        step = st.season_gain * residual
+        profile[bucket] += (1.0 - frac) * step
+        profile[bucket + 1 if bucket + 1 < len(profile) else 0] += frac * step
+
+    def _search(self) -> None:
+        """Search the collected samples for a cycle (a given one: wait until they span two);
+        on success learn its profile and carry on seasonal, else keep collecting or give up."""
+        cfg, st = self.cfg, self.state
+        collected = st.season_searched = len(st.season_xs)
+        period_us, samples = 0, 0.0
+        limit = FIXED_SEASON_MAX_SAMPLES if cfg.season_period_us else cfg.season_search_samples
+        # Residuals like white noise have no cycle worth a search (most series: cheap).
+        if cfg.season_period_us or self._correlated():
+            ts = np.asarray(st.season_ts, dtype=np.int64)
+            xs = np.asarray(st.season_xs, dtype=np.float64)
+            interval = seasonal.sampling_interval(ts)
+            if not interval:
+                limit = 0  # the timestamps do not advance: no phase to speak of
+            elif cfg.season_period_us:
+                if ts[-1] - ts[0] >= 2 * cfg.season_period_us:
+                    period_us = cfg.season_period_us
+            elif (found := seasonal.find_period_in_time(ts, xs, interval)) is not None:
+                period_us = seasonal.snap_period(found)
+            if interval:
+                samples = period_us / interval
+            if samples >= seasonal.MIN_PERIOD:
+                self._start_season(ts, xs, period_us, samples)
+                return
+        if collected >= limit:
+            st.season_done, st.season_ts, st.season_xs, st.season_searched = True, [], [], 0
+
+    def _correlated(self) -> bool:
+        """The residuals are correlated beyond chance (learnt since warm-up; see
+        :func:`drift_scale`): a cycle of any strength would make them so."""
+        st = self.state
+        n = st.ac_n
+        if not n:
+            return False
+        margin = self.cfg.ac_margin if n >= self.cfg.ac_n_eff else 2.0 * math.sqrt(2.0 / n)
+        return drift_scale(st.diff1_sq, st.diff_lag_sq, 1.0 - st.ac_decay, margin) < 1.0
+
+    def _start_season(self, ts: IntArray, xs: FloatArray, period_us: int, samples: float) -> None:
+        """Learn the cycle's profile from the collected samples, then the baseline and the
+        residuals' correlation again as if the cycle had been known from the start."""
+        cfg, st = self.cfg, self.state
+        origin = int(ts[0])
+        profile, held_out = seasonal.fit_profile(ts, xs, origin, period_us, samples)
+        buckets = len(profile)
+        positions = seasonal.phase_positions(ts, origin, period_us, buckets)
+        wrapped = np.append(profile, profile[0])
+        residuals = xs - np.interp(positions, np.arange(buckets + 1), wrapped)
+        st.period_us, st.season_origin, st.profile = period_us, origin, profile.tolist()
+        # Each profile point gets ~samples/buckets updates per cycle, weighted to sum to one.
+        st.season_gain = cfg.season_alpha * buckets / samples
+        st.season_done, st.season_ts, st.season_xs, st.season_searched = True, [], [], 0
+        # The level again, from the first cycle on, and the residuals' correlation: what the
+        # live loop would have learnt, skipping (as it would) samples that would have opened
+        # a spike. The variance is the samples' spread around level and a profile fitted
+        # without them (the profile was fitted to these very samples: replayed, they would
+        # understate the noise), the mean square of those the live loop would have learnt
+        # from (a robust spread would understate heavy tails, which the live baseline keeps).
+        mean = float(np.median(residuals[: max(1, round(samples))]))
+        centred = held_out - np.median(held_out)
+        spread = seasonal.MAD_TO_STD * float(np.median(np.abs(centred)))
+        usual = centred[np.abs(centred) < cfg.z_threshold * spread]
+        var = float(np.mean(usual * usual)) if usual.size else spread * spread
+        var = max(var, cfg.std_floor * cfg.std_floor)
+        st.diff1_sq = st.diff_lag_sq = 0.0
+        st.ac_n, st.ac_decay, st.recent_z = 0, 1.0, []
+        for value in residuals.tolist():
+            s = math.sqrt(var)
+            floor = max(REL_STD_FLOOR * abs(mean), cfg.std_floor)
+            d = value - mean
+            z = d / (s if s > floor else floor)
+            if abs(z) >= cfg.z_threshold:
+                continue
+            self._learn_correlation(z)
+            st.recent_z.append(z)
+            if len(st.recent_z) > DIFF_LAG:
+                del st.recent_z[0]
+            mean = cfg.keep * mean + cfg.alpha * value
+        st.mean, st.var = mean, var
+        st.cusum_pos = st.cusum_neg = st.ewma_z = 0.0
+        st.cusum_pos_len = st.cusum_neg_len = 0
+        if st.excursion is not None:
+            st.excursion.restart_window()  # its fit was of raw values, not of the level
 
     def _learn_correlation(self, z: float) -> float:
         """Learn the residuals' correlation from this sample; returns the drift scale
@@ -229,16 +393,27 @@ class SeriesTracker:
         return 0.0
 
     def _open(
-        self, kind: str, t: int, x: float, z: float, s_eff: float, shift: float, out: list[Emitted]
+        self,
+        kind: str,
+        t: int,
+        x: float,
+        season: float,
+        z: float,
+        s_eff: float,
+        shift: float,
+        out: list[Emitted],
     ) -> None:
         cfg, st = self.cfg, self.state
         metric = self.key.metric
         features = {
             f"{metric}_z": st.z,
             f"{metric}_value": x,
-            f"{metric}_baseline_mean": st.mean,
+            f"{metric}_baseline_mean": st.mean + season,
             f"{metric}_baseline_std": math.sqrt(st.var),
         }
+        if st.period_us:
+            features[f"{metric}_seasonal"] = season
+            features[f"{metric}_period_s"] = st.period_us / 1_000_000
         if kind == SPIKE:
             ratio = abs(z) / cfg.z_threshold
         elif kind == DRIFT:
@@ -267,7 +442,7 @@ class SeriesTracker:
             clear_stat=shift,
             peak_abs_z=abs(st.z),
         )
-        st.excursion.add(x)
+        st.excursion.add(x - season)
         st.cusum_pos = st.cusum_neg = st.ewma_z = 0.0
         st.cusum_pos_len = st.cusum_neg_len = 0
         st.recent_z = []  # lagged differences must not span the excursion
@@ -276,6 +451,7 @@ class SeriesTracker:
         self,
         t: int,
         x: float,
+        season: float,
         z: float,
         s: float,
         s_eff: float,
@@ -288,14 +464,14 @@ class SeriesTracker:
         if ex is None:  # pragma: no cover - only called with an open excursion
             return
         ex.samples += 1
-        ex.add(x)
+        ex.add(x - season)
         ex.peak_abs_z = max(ex.peak_abs_z, abs(st.z))
         # A better explanation replaces the open anomaly: a hard-limit breach anything softer,
         # a stuck sensor a spike or drift (a sensor stuck off the mean looks like a shift
         # before the flatline window is full).
         if oor and ex.kind != OUT_OF_RANGE:
             self._resolve(t, x, "superseded", out)
-            self._open(OUT_OF_RANGE, t, x, z, s_eff, 0.0, out)
+            self._open(OUT_OF_RANGE, t, x, season, z, s_eff, 0.0, out)
             return
         if (
             ex.kind in (SPIKE, DRIFT)
@@ -303,7 +479,7 @@ class SeriesTracker:
             and s > cfg.flat_min_std
         ):
             self._resolve(t, x, "superseded", out)
-            self._open(FLATLINE, t, x, z, s_eff, 0.0, out)
+            self._open(FLATLINE, t, x, season, z, s_eff, 0.0, out)
             return
         if ex.kind == SPIKE:
             calm = abs(z) < cfg.z_clear
@@ -315,7 +491,8 @@ class SeriesTracker:
         else:
             calm = moving
         ex.calm = ex.calm + 1 if calm else 0
-        if ex.calm >= cfg.clear_samples and not ex.tracking:
+        long_enough = ex.kind == FLATLINE or ex.calm * CALM_SHARE >= ex.samples
+        if ex.calm >= cfg.clear_samples and long_enough and not ex.tracking:
             self._resolve(t, x, "returned_to_baseline", out)
         elif ex.win_n >= cfg.relearn_after_samples and ex.kind != FLATLINE and not oor:
             self._relearn(t, x, out)
@@ -391,9 +568,12 @@ class SeriesTracker:
     def snapshot(self) -> BaselineSnapshot:
         st = self.state
         has = st.n > 0
+        mean = st.mean
+        if st.period_us and st.last_ts is not None:
+            mean += self.season_at(st.last_ts)
         return BaselineSnapshot(
             samples=st.n,
-            mean=st.mean if has else None,
+            mean=mean if has else None,
             std=math.sqrt(st.var) if has else None,
             z=st.z if has else None,
             last_value=st.last_value,
@@ -401,6 +581,7 @@ class SeriesTracker:
             warmed_up=st.n >= self.cfg.warmup_samples,
             open_anomaly_id=st.excursion.anomaly_id if st.excursion else None,
             open_kind=st.excursion.kind if st.excursion else None,
+            period_s=st.period_us / 1_000_000 if st.period_us else None,
         )
 
 

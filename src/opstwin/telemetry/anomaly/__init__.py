@@ -37,8 +37,7 @@ The model, per series
   stuck away from the mean drives the CUSUM before the flatline window is full). It
   resolves, with a second record
   (``status: resolved``, ``resolves: <id>``), after ``clear_samples`` consecutive calm
-  samples, and at least a quarter of the excursion's length (one that swings passes through
-  calm at every turn): ``|z| < z_clear`` (spike; out_of_range also needs to be back inside the limits),
+  samples: ``|z| < z_clear`` (spike; out_of_range also needs to be back inside the limits),
   the EWMA of ``z`` since the alarm back within 0.5 σ (drift), the value moving (flatline).
 * **Level shifts and ramps**: every ``relearn_after_samples`` of an excursion, its linear
   trend over that window decides. Changed by less than 1 σ: it settled at a new level, which

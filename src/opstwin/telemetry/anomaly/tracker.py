@@ -65,11 +65,6 @@ CORRELATION_LEARNING_SAMPLES = 200
 # less than 1 σ over the window → settled at a new level (re-learn, resolve); more → still
 # drifting (follow the trend, keep the anomaly open).
 DRIFT_SETTLED_CHANGE = 1.0
-# An excursion is over after clear_samples calm samples, and at least this share of its
-# length: a long excursion that swings (a changed pattern, an oscillation) passes through
-# calm for a few samples at every turn, which must not split it into many anomalies. (A stuck
-# sensor is over as soon as it moves.)
-CALM_SHARE = 4
 # Once (1 − α)^n is below this, 1 − (1 − α)^n is exactly 1.0: the decay is flushed to 0
 # rather than carried on into subnormal numbers (slow, and pointless).
 DECAY_FLUSH = 1e-30
@@ -491,8 +486,7 @@ class SeriesTracker:
         else:
             calm = moving
         ex.calm = ex.calm + 1 if calm else 0
-        long_enough = ex.kind == FLATLINE or ex.calm * CALM_SHARE >= ex.samples
-        if ex.calm >= cfg.clear_samples and long_enough and not ex.tracking:
+        if ex.calm >= cfg.clear_samples and not ex.tracking:
             self._resolve(t, x, "returned_to_baseline", out)
         elif ex.win_n >= cfg.relearn_after_samples and ex.kind != FLATLINE and not oor:
             self._relearn(t, x, out)

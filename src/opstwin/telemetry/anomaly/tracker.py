@@ -263,27 +263,36 @@ class SeriesTracker:
         on success learn its profile and carry on seasonal, else keep collecting or give up."""
         cfg, st = self.cfg, self.state
         collected = st.season_searched = len(st.season_xs)
-        period_us, samples = 0, 0.0
-        limit = FIXED_SEASON_MAX_SAMPLES if cfg.season_period_us else cfg.season_search_samples
-        # Residuals like white noise have no cycle worth a search (most series: cheap).
-        if cfg.season_period_us or self._correlated():
-            ts = np.asarray(st.season_ts, dtype=np.int64)
-            xs = np.asarray(st.season_xs, dtype=np.float64)
-            interval = seasonal.sampling_interval(ts)
-            if not interval:
-                limit = 0  # the timestamps do not advance: no phase to speak of
-            elif cfg.season_period_us:
-                if ts[-1] - ts[0] >= 2 * cfg.season_period_us:
-                    period_us = cfg.season_period_us
-            elif (found := seasonal.find_period_in_time(ts, xs, interval)) is not None:
+        if not (cfg.season_period_us or self._correlated()):
+            # A cycle strong enough to matter (a third of the variance, see ACF_MIN) makes
+            # the residuals correlated by the first search: none now, none to wait for — and
+            # the samples kept for the search (stored with the state) are let go.
+            self._end_search()
+            return
+        ts = np.asarray(st.season_ts, dtype=np.int64)
+        xs = np.asarray(st.season_xs, dtype=np.float64)
+        interval = seasonal.sampling_interval(ts)
+        if not interval:  # the timestamps do not advance: no phase to speak of
+            self._end_search()
+            return
+        period_us = 0
+        if cfg.season_period_us:
+            limit = FIXED_SEASON_MAX_SAMPLES
+            if ts[-1] - ts[0] >= 2 * cfg.season_period_us:
+                period_us = cfg.season_period_us
+        else:
+            limit = cfg.season_search_samples
+            if (found := seasonal.find_period_in_time(ts, xs, interval)) is not None:
                 period_us = seasonal.snap_period(found)
-            if interval:
-                samples = period_us / interval
-            if samples >= seasonal.MIN_PERIOD:
-                self._start_season(ts, xs, period_us, samples)
-                return
-        if collected >= limit:
-            st.season_done, st.season_ts, st.season_xs, st.season_searched = True, [], [], 0
+        samples = period_us / interval
+        if samples >= seasonal.MIN_PERIOD:
+            self._start_season(ts, xs, period_us, samples)
+        elif collected >= limit:
+            self._end_search()
+
+    def _end_search(self) -> None:
+        st = self.state
+        st.season_done, st.season_ts, st.season_xs, st.season_searched = True, [], [], 0
 
     def _correlated(self) -> bool:
         """The residuals are correlated beyond chance (learnt since warm-up; see
@@ -308,7 +317,7 @@ class SeriesTracker:
         st.period_us, st.season_origin, st.profile = period_us, origin, profile.tolist()
         # Each profile point gets ~samples/buckets updates per cycle, weighted to sum to one.
         st.season_gain = cfg.season_alpha * buckets / samples
-        st.season_done, st.season_ts, st.season_xs, st.season_searched = True, [], [], 0
+        self._end_search()
         # The level again, from the first cycle on, and the residuals' correlation: what the
         # live loop would have learnt, skipping (as it would) samples that would have opened
         # a spike. The variance is the samples' spread around level and a profile fitted

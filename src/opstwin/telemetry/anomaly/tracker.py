@@ -181,7 +181,10 @@ class SeriesTracker:
                 st.season_ts.append(t)
                 st.season_xs.append(x)
         n, m0 = st.n, st.mean
-        season = self.season_at(t) if st.period_us else 0.0
+        if st.period_us:
+            bucket, frac, season = self._phase(t)
+        else:
+            bucket, frac, season = 0, 0.0, 0.0
         if n:
             s = math.sqrt(st.var)
             floor = REL_STD_FLOOR * abs(m0)
@@ -238,22 +241,26 @@ class SeriesTracker:
         st.var = c * st.var + ca * (d * d)
         st.n = n1
         if st.period_us:
-            self._learn_season(t, d)
+            self._learn_season(bucket, frac, d)
 
     def season_at(self, t: int) -> float:
         """The cycle's profile at ``t`` (interpolated between its points)."""
+        return self._phase(t)[2]
+
+    def _phase(self, t: int) -> tuple[int, float, float]:
+        """The profile point at or before ``t``'s phase, the fraction of the way to the next,
+        and the profile there."""
         st = self.state
         profile = st.profile
         bucket, frac = seasonal.profile_at(profile, t, st.season_origin, st.period_us)
         here = profile[bucket]
         following = profile[bucket + 1] if bucket + 1 < len(profile) else profile[0]
-        return here + frac * (following - here)
+        return bucket, frac, here + frac * (following - here)
 
-    def _learn_season(self, t: int, residual: float) -> None:
-        """Move the two profile points around ``t``'s phase towards what was left over."""
+    def _learn_season(self, bucket: int, frac: float, residual: float) -> None:
+        """Move the two profile points around a sample's phase towards what was left over."""
         st = self.state
         profile = st.profile
-        bucket, frac = seasonal.profile_at(profile, t, st.season_origin, st.period_us)
         step = st.season_gain * residual
         profile[bucket] += (1.0 - frac) * step
         profile[bucket + 1 if bucket + 1 < len(profile) else 0] += frac * step

@@ -50,9 +50,11 @@ class CountingIds:
 def generated(
     seed: int, mean: float, std: float, events: list[tuple[str, int, float]]
 ) -> np.ndarray[Any, Any]:
-    """Gaussian noise with injected spikes, level shifts, stuck stretches, ramps, breaches,
-    cycles."""
-    x = np.random.default_rng(seed).normal(mean, std, N)
+    """Gaussian (or, for every third seed, Laplace) noise with injected spikes, level shifts,
+    stuck stretches, ramps, breaches, cycles."""
+    rng = np.random.default_rng(seed)
+    # Every third seed a noisy sensor: heavier tails (Laplace, the same standard deviation).
+    x = rng.normal(mean, std, N) if seed % 3 else mean + rng.laplace(0.0, std / np.sqrt(2.0), N)
     for kind, at, size in events:
         if kind == "spike":
             x[at : at + 2] += size * std

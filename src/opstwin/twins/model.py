@@ -232,6 +232,11 @@ class AnomalyThresholds(_Spec):
     seasonality: SeasonalitySpec = Field(
         default_factory=SeasonalitySpec, description="A cycle in the metric's values."
     )
+    adapt_to_tails: bool = Field(
+        default=True,
+        description="Raise the spike threshold when the noise has heavier tails than a normal "
+        "distribution (a noisy sensor), so that spikes stay about as rare as on normal noise.",
+    )
 
 
 # --- metrics, setpoints, assets ---------------------------------------------------------------

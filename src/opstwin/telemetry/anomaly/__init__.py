@@ -21,7 +21,10 @@ The model, per series
 
   ``out_of_range``  the value is outside the metric's hard limits (fires during warm-up too:
                     a limit needs no baseline);
-  ``spike``         ``|z| ≥ z_threshold``;
+  ``spike``         ``|z| ≥ z_threshold`` — raised on heavy-tailed noise (``adapt_to_tails``):
+                    the rates at which steps between residuals exceed 2 and 3 times their RMS,
+                    extrapolated as an exponential tail, say where |z| is as rare as
+                    ``z_threshold`` is on normal noise (at most 3 × ``z_threshold``);
   ``flatline``      ``window_samples`` values each within ``tolerance`` of the previous while
                     the baseline std is above ``max(10·tolerance, min_std)`` (a stuck sensor);
   ``drift``         a sustained shift of the mean: two-sided CUSUM (allowance ``k``, decision

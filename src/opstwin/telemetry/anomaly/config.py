@@ -61,6 +61,7 @@ class SeriesConfig:
     hard_high: float = math.inf
     normal_low: float = -math.inf
     normal_high: float = math.inf
+    adapt_to_tails: bool = _DEFAULTS.adapt_to_tails
     season_detect: bool = _DEFAULTS.seasonality.detect
     season_period_s: float = 0.0  # 0: none given
     season_search_samples: int = _DEFAULTS.seasonality.search_samples
@@ -81,6 +82,8 @@ class SeriesConfig:
     ac_keep: float = field(init=False)
     ac_n_eff: float = field(init=False)
     ac_margin: float = field(init=False)
+    tail_target: float = field(init=False)
+    tail_u_normal: float = field(init=False)
     season_wanted: bool = field(init=False)
     season_period_us: int = field(init=False)
     season_alpha: float = field(init=False)
@@ -118,6 +121,10 @@ class SeriesConfig:
             # Effective sample count of a converged EWMA with weight α: (2 − α)/α.
             "ac_n_eff": (2.0 - ac_alpha) / ac_alpha,
             "ac_margin": 2.0 * math.sqrt(2.0 / ((2.0 - ac_alpha) / ac_alpha)),
+            # How rare a spike is on normal noise, and where normal rates of |Δz| beyond 2 and
+            # 3 extrapolate to (tracker.py, heavy tails).
+            "tail_target": math.erfc(self.z_threshold / math.sqrt(2.0)),
+            "tail_u_normal": _normal_extrapolation(self.z_threshold),
             "season_wanted": self.season_detect or self.season_period_s > 0.0,
             "season_period_us": round(self.season_period_s * 1_000_000),
             # Weight of one cycle's evidence for a point of the profile.
@@ -161,11 +168,20 @@ class SeriesConfig:
             hard_high=_or(hard.high if hard else None, math.inf),
             normal_low=_or(normal.low if normal else None, -math.inf),
             normal_high=_or(normal.high if normal else None, math.inf),
+            adapt_to_tails=thresholds.adapt_to_tails,
             season_detect=season.detect,
             season_period_s=_or(season.period_s, 0.0),
             season_search_samples=season.search_samples,
             season_halflife_cycles=season.halflife_cycles,
         )
+
+
+def _normal_extrapolation(z_threshold: float) -> float:
+    """Where normal noise's rates of |z| > 2 and > 3, extrapolated as an exponential tail,
+    reach the rate of |z| > z_threshold (above z_threshold: the normal tail falls faster)."""
+    low = math.erfc(2.0 / math.sqrt(2.0))
+    high = math.erfc(3.0 / math.sqrt(2.0))
+    return 3.0 + math.log(math.erfc(z_threshold / math.sqrt(2.0)) / high) / math.log(high / low)
 
 
 def _or(value: float | None, default: float) -> float:

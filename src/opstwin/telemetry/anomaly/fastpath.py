@@ -40,8 +40,16 @@ from opstwin.telemetry.anomaly.tracker import (
     DIFF_LAG,
     DRIFT_HORIZON_LAMBDA,
     FAST_MIN_POINTS,
+    NORMAL_HIGH,
+    NORMAL_LOW,
     REL_STD_FLOOR,
     SLOW_GAIN,
+    TAIL_HIGH,
+    TAIL_HIGH_SQ,
+    TAIL_LOW_SQ,
+    TAIL_MARGIN,
+    TAIL_MAX_FACTOR,
+    TAIL_PRIOR_WEIGHT,
     Emitted,
     FloatArray,
     IntArray,
@@ -51,6 +59,9 @@ from opstwin.telemetry.anomaly.tracker import (
 # The vectorised CUSUM differs from the per-sample one by rounding; hand over to the exact
 # loop slightly before the decision interval so no alarm is decided on rounded values.
 CUSUM_HANDOFF_MARGIN = 1e-6
+# The spike level on heavy tails takes logarithms, whose numpy and libm results may differ in
+# the last bit: samples this close below it are handed to the loop, which decides exactly.
+SPIKE_HANDOFF_MARGIN = 1e-6
 # Samples per series in one vectorised chunk: bounded so an early event wastes little work.
 FAST_CHUNK = 4096
 # Matrix cells (rows × padded columns) per set of calls: the ~25 temporaries of this many
@@ -146,6 +157,7 @@ def _filter_key(cfg: SeriesConfig) -> tuple[float | str, ...]:
         cfg.drift_method,
         cfg.ewma_smoothing,
         cfg.ewma_keep,
+        str(cfg.adapt_to_tails),
     )
 
 
@@ -165,6 +177,8 @@ _SETTINGS = (
     "ewma_limit_z",
     "cusum_k",
     "cusum_h",
+    "tail_target",
+    "tail_u_normal",
 )
 _STATE = (
     "mean",
@@ -174,6 +188,8 @@ _STATE = (
     "diff_lag_sq",
     "ac_decay",
     "ac_n",
+    "tail_low",
+    "tail_high",
     "ewma_z",
     "cusum_pos",
     "cusum_neg",
@@ -232,7 +248,9 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
     floor = np.maximum(REL_STD_FLOOR * np.abs(mean_prev), setting["std_floor"])
     z = d / np.maximum(s, floor)
 
-    hot = np.abs(z) >= setting["z_threshold"]
+    size = np.abs(z)
+    spiky = size >= setting["z_threshold"]  # a spike if also at the heavy-tail level (below)
+    hot = np.zeros(spiky.shape, dtype=np.bool_)
     if any(c.hard_low > -math.inf or c.hard_high < math.inf for c in cfgs):
         hot |= (x < setting["hard_low"]) | (x > setting["hard_high"])
     prev = np.empty((count, width))
@@ -261,6 +279,35 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
     decay[:, :1] = state["ac_decay"]
     np.cumprod(decay, axis=1, out=decay)
     decay[decay < DECAY_FLUSH] = 0.0
+    tail_low: FloatArray | None = None
+    tail_high: FloatArray | None = None
+    if cfg.adapt_to_tails:
+        # The loop's expression: step1² · (1 − decay) against 4 and 9 × the RMS EWMA before.
+        jump = step1 * step1 * (1.0 - decay[:, :width])
+        diff1_before = _previous(diff1_0, diff1)
+        tail_low = lfilter(
+            (cfg.ac_alpha,),
+            ac_den,
+            (jump > TAIL_LOW_SQ * diff1_before).astype(np.float64),
+            axis=1,
+            zi=_zi(cfg.ac_keep * state["tail_low"]),
+        )[0]
+        tail_high = lfilter(
+            (cfg.ac_alpha,),
+            ac_den,
+            (jump > TAIL_HIGH_SQ * diff1_before).astype(np.float64),
+            axis=1,
+            zi=_zi(cfg.ac_keep * state["tail_high"]),
+        )[0]
+        if spiky.any():
+            level = _spike_levels(
+                _previous(state["tail_low"], tail_low),
+                _previous(state["tail_high"], tail_high),
+                decay[:, :width],
+                setting,
+            )
+            spiky &= size >= level - SPIKE_HANDOFF_MARGIN
+    hot |= spiky
     margin = setting["ac_margin"]
     if any(st.ac_n < c.ac_n_eff for st, c in zip(states, cfgs, strict=True)):
         ac_n, n_eff = state["ac_n"], setting["ac_n_eff"]
@@ -313,6 +360,8 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
 
     means, variances, zs_last, xs_last = at_j(mean), at_j(var), at_j(z), at_j(x)
     flats, diffs1, diffs_lag = at_j(flat_run), at_j(diff1), at_j(diff_lag)
+    if tail_low is not None and tail_high is not None:
+        lows, highs = at_j(tail_low), at_j(tail_high)
     decays: list[float] = [decay.item(0, firsts_0)] if count == 1 else decay[rows, first].tolist()
     firsts: list[int] = first.tolist()
     if ewma is not None:
@@ -331,6 +380,8 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
         st.z, st.last_value, st.last_ts = zs_last[r], xs_last[r], int(ts[i + jr])
         st.flat_run = int(flats[r])
         st.diff1_sq, st.diff_lag_sq = diffs1[r], diffs_lag[r]
+        if tail_low is not None:
+            st.tail_low, st.tail_high = lows[r], highs[r]
         st.ac_n += n
         st.ac_decay = decays[r]
         st.recent_z = z_ext[r, n : n + DIFF_LAG].tolist()
@@ -358,6 +409,28 @@ def _drift_scales(
     scale = 1.0 / np.sqrt(np.maximum((1.0 + phi) / (1.0 - phi), 1.0 + share * SLOW_GAIN))
     result: FloatArray = np.where(learnt, scale, 1.0)
     return result
+
+
+def _spike_levels(
+    low_raw: FloatArray, high_raw: FloatArray, decay: FloatArray, setting: dict[str, Any]
+) -> FloatArray:
+    """:func:`~opstwin.telemetry.anomaly.tracker.spike_level` elementwise (up to the last bit
+    of a logarithm: see SPIKE_HANDOFF_MARGIN)."""
+    prior = TAIL_PRIOR_WEIGHT * decay
+    debias = 1.0 - decay
+    low = (low_raw + prior * NORMAL_LOW) / (debias + prior)
+    high = (high_raw + prior * NORMAL_HIGH) / (debias + prior)
+    threshold = setting["z_threshold"]
+    excess = (
+        TAIL_HIGH
+        + np.log(setting["tail_target"] / high) / np.log(high / low)
+        - setting["tail_u_normal"]
+        - TAIL_MARGIN
+    )
+    level: FloatArray = np.where(
+        excess > 0.0, np.minimum(threshold + excess, TAIL_MAX_FACTOR * threshold), threshold
+    )
+    return level
 
 
 def _zi(start: FloatArray | float) -> FloatArray:

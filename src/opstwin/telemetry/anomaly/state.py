@@ -81,6 +81,9 @@ class SeriesState:
     diff_lag_sq: float = 0.0
     ac_n: int = 0
     ac_decay: float = 1.0
+    # EWMAs (the same weights) of |Δz| > 2 and > 3 times its RMS: how heavy the tails are.
+    tail_low: float = 0.0
+    tail_high: float = 0.0
     excursion: Excursion | None = None
     # Seasonality (see .seasonal): the samples searched for a cycle (kept until one is found
     # or the search ends: season_done), then the cycle in µs (0: none), the time its phase

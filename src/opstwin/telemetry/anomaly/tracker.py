@@ -65,6 +65,25 @@ CORRELATION_LEARNING_SAMPLES = 200
 # less than 1 σ over the window → settled at a new level (re-learn, resolve); more → still
 # drifting (follow the trend, keep the anomaly open).
 DRIFT_SETTLED_CHANGE = 1.0
+# Heavy tails. A noisy sensor's residuals are rarely normal: with Laplace or Student-t noise a
+# fixed |z| ≥ 4.5 fires a hundred times more often than on normal noise. How heavy the tails
+# are is learnt from the steps between consecutive residuals, Δz, not from z itself — a level
+# shift or drift not yet detected would pass for heavy tails in z, while it adds one large
+# step at most. The rates at which |Δz| exceeds 2 and 3 times its RMS (slow EWMAs, learnt with
+# the correlation and shrunk towards the normal rates by a fading prior, TAIL_PRIOR_WEIGHT)
+# give the tail's slope; extrapolated as an exponential tail to where it is as rare
+# as z_threshold is on normal noise, that is the level a spike must reach. Normal noise
+# extrapolates to tail_u_normal(z_threshold); only the excess over it, less TAIL_MARGIN (the
+# estimate's own noise), raises the threshold, by at most TAIL_MAX_FACTOR times.
+TAIL_LOW, TAIL_HIGH = 2.0, 3.0
+TAIL_LOW_SQ, TAIL_HIGH_SQ = TAIL_LOW * TAIL_LOW, TAIL_HIGH * TAIL_HIGH
+NORMAL_LOW = math.erfc(TAIL_LOW / math.sqrt(2.0))
+NORMAL_HIGH = math.erfc(TAIL_HIGH / math.sqrt(2.0))
+# The prior's weight against the converged EWMA's 1: at first it outweighs a few hundred
+# samples of evidence; it fades with the EWMA's own half-life (8 × the baseline's).
+TAIL_PRIOR_WEIGHT = 1.0
+TAIL_MARGIN = 0.25
+TAIL_MAX_FACTOR = 3.0
 # Once (1 − α)^n is below this, 1 − (1 − α)^n is exactly 1.0: the decay is flushed to 0
 # rather than carried on into subnormal numbers (slow, and pointless).
 DECAY_FLUSH = 1e-30
@@ -209,7 +228,7 @@ class SeriesTracker:
         shift = 0.0
         if oor:
             kind = OUT_OF_RANGE
-        elif n >= cfg.warmup_samples and abs(z) >= cfg.z_threshold:
+        elif n >= cfg.warmup_samples and abs(z) >= cfg.z_threshold and abs(z) >= self.spike_level():
             kind = SPIKE
         elif n >= cfg.warmup_samples:
             # Early z are unreliable (a baseline of a few samples), so the correlation is
@@ -372,12 +391,27 @@ class SeriesTracker:
         step1 = z - recent[-1]
         step_lag = z - recent[0]
         keep, alpha = cfg.ac_keep, cfg.ac_alpha
+        if cfg.adapt_to_tails:
+            # |Δz| beyond 2 and 3 of its own RMS so far (squares, no division: the fast
+            # path evaluates the same expression).
+            jump = step1 * step1 * (1.0 - st.ac_decay)
+            low = 1.0 if jump > TAIL_LOW_SQ * st.diff1_sq else 0.0
+            high = 1.0 if jump > TAIL_HIGH_SQ * st.diff1_sq else 0.0
+            st.tail_low = keep * st.tail_low + alpha * low
+            st.tail_high = keep * st.tail_high + alpha * high
         st.diff1_sq = keep * st.diff1_sq + alpha * (step1 * step1)
         st.diff_lag_sq = keep * st.diff_lag_sq + alpha * (step_lag * step_lag)
         decay = st.ac_decay * keep
         st.ac_decay = decay if decay >= DECAY_FLUSH else 0.0
         st.ac_n = n + 1
         return scale
+
+    def spike_level(self) -> float:
+        """The |z| a spike must reach now: ``z_threshold``, raised on heavy-tailed noise."""
+        cfg, st = self.cfg, self.state
+        if not cfg.adapt_to_tails:
+            return cfg.z_threshold
+        return spike_level(st.tail_low, st.tail_high, st.ac_decay, cfg)
 
     def _update_drift(self, z: float, scale: float) -> float:
         """Advance the drift statistic with the scaled residual; the signed shift estimate
@@ -426,7 +460,10 @@ class SeriesTracker:
             features[f"{metric}_seasonal"] = season
             features[f"{metric}_period_s"] = st.period_us / 1_000_000
         if kind == SPIKE:
-            ratio = abs(z) / cfg.z_threshold
+            level = self.spike_level()
+            ratio = abs(z) / level
+            if level > cfg.z_threshold:
+                features[f"{metric}_spike_level_z"] = level
         elif kind == DRIFT:
             ratio = abs(shift) / DRIFT_REFERENCE_SHIFT
             features[f"{metric}_shift_sigma"] = shift
@@ -593,6 +630,21 @@ class SeriesTracker:
             open_kind=st.excursion.kind if st.excursion else None,
             period_s=st.period_us / 1_000_000 if st.period_us else None,
         )
+
+
+def spike_level(tail_low: float, tail_high: float, decay: float, cfg: SeriesConfig) -> float:
+    """The spike threshold from the tail-rate EWMAs (before bias correction, with ``decay`` =
+    (1 − α)^n: their weight so far is 1 − decay); see TAIL_LOW above. The prior is normal
+    noise seen before the first sample, fading like any old sample."""
+    prior = TAIL_PRIOR_WEIGHT * decay
+    debias = 1.0 - decay
+    low = (tail_low + prior * NORMAL_LOW) / (debias + prior)
+    high = (tail_high + prior * NORMAL_HIGH) / (debias + prior)
+    excess = TAIL_HIGH + math.log(cfg.tail_target / high) / math.log(high / low) - cfg.tail_u_normal
+    excess -= TAIL_MARGIN
+    if excess <= 0.0:
+        return cfg.z_threshold
+    return min(cfg.z_threshold + excess, TAIL_MAX_FACTOR * cfg.z_threshold)
 
 
 def drift_scale(diff1_sq: float, diff_lag_sq: float, debias: float, margin: float) -> float:

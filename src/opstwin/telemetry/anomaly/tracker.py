@@ -356,7 +356,7 @@ class SeriesTracker:
         usual = centred[np.abs(centred) < cfg.z_threshold * spread]
         var = float(np.mean(usual * usual)) if usual.size else spread * spread
         var = max(var, cfg.std_floor * cfg.std_floor)
-        st.diff1_sq = st.diff_lag_sq = 0.0
+        st.diff1_sq = st.diff_lag_sq = st.tail_low = st.tail_high = 0.0
         st.ac_n, st.ac_decay, st.recent_z = 0, 1.0, []
         for value in residuals.tolist():
             s = math.sqrt(var)

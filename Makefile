@@ -7,10 +7,9 @@ BIN    := $(VENV)/bin
 # What each purpose installs into the project's virtualenv (pyproject.toml extras).
 RUN_EXTRAS  := postgres
 TEST_EXTRAS := dev,quantum
-# Test processes (pytest-xdist); 0 runs the suite in this process. Each test has its own
-# database, broker topics and ports, but a few timing-sensitive ones have failed under the
-# contention of two processes on two cores (docs/development.md), so CI runs one.
-TEST_WORKERS ?= 0
+# Test processes (pytest-xdist), one per core of the project's machine; 0 runs the suite in
+# this process. Each test has its own database, broker topics and ports (docs/development.md).
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev demo serve test lint format bench clean
 

@@ -325,7 +325,9 @@ async def test_no_acknowledged_message_is_lost_while_the_database_is_unavailable
         await publish(events(0, 100))
         await until(lambda: _at_least(stored_event_ids(services), 100))
 
-        lock = sqlite3.connect(settings.data_dir / "opstwin.db", timeout=10)
+        # Waits (up to a minute) for the app's own writers to let go: under a second test
+        # process on two cores one BEGIN EXCLUSIVE once timed out after 10 s.
+        lock = sqlite3.connect(settings.data_dir / "opstwin.db", timeout=60)
         try:
             lock.execute("BEGIN EXCLUSIVE")
             await publish(events(100, 300))  # PUBACKed by the broker, not yet by us

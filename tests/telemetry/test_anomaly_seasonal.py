@@ -305,3 +305,18 @@ def _with_summary(
     records: list[dict[str, Any]],
 ) -> list[tuple[dict[str, Any], tuple[str, str, str]]]:
     return [(r, (r["ts"], r["status"], r["kind"])) for r in records]
+
+
+def test_a_given_cycle_too_long_for_the_samples_kept_is_not_learnt() -> None:
+    """A day at one sample a second would need 172,800 samples kept: after 5,000 the search
+    gives up (and lets them go) rather than carry them in the state of every page."""
+    given = SeriesConfig.from_thresholds(
+        AnomalyThresholds(seasonality=SeasonalitySpec(period_s=86_400))
+    )
+    detector = AnomalyDetector(SequentialIds(), DetectorConfig(default=given))
+    x = np.random.default_rng(10).normal(50.0, 1.0, 5_001)
+    detector.process_series(KEY, T0 + np.arange(5_001, dtype=np.int64) * 1_000_000, x)
+    state = detector.to_dict()["series"][0]
+    assert state["season_done"]
+    assert state["season_xs"] == []
+    assert detector.baseline(KEY).period_s is None  # type: ignore[union-attr]

@@ -82,11 +82,12 @@ def head_start(feeds: Sequence[Feed]) -> list[int | None]:
     quiet stretch of every series that starts quiet; returns where each of those continues
     (None for the others) for :func:`finish`. The series are independent, so running some
     ahead of the others changes nothing."""
-    quiet = [
-        k
-        for k, (tracker, _, xs) in enumerate(feeds)
-        if len(xs) >= FAST_MIN_POINTS and tracker.search_if_due() and tracker.steady()
-    ]
+    quiet = []
+    for k, (tracker, _, xs) in enumerate(feeds):
+        if len(xs) >= FAST_MIN_POINTS:
+            tracker.search_if_due()
+            if tracker.steady():
+                quiet.append(k)
     starts: list[int | None] = [None] * len(feeds)
     for k, start in zip(quiet, fast_forward([(*feeds[k], 0) for k in quiet]), strict=True):
         starts[k] = start
@@ -104,7 +105,9 @@ def finish(feed: Feed, start: int | None, out: list[Emitted]) -> None:
         if i < total:  # the fast path stopped where something could fire
             i = tracker.resume(ts, xs, i, out)
     while i < total:
-        if total - i >= FAST_MIN_POINTS and tracker.search_if_due() and tracker.steady():
+        if total - i >= FAST_MIN_POINTS:
+            tracker.search_if_due()
+        if total - i >= FAST_MIN_POINTS and tracker.steady():
             i = fast_forward([(tracker, ts, xs, i)])[0]
             if i >= total:
                 break

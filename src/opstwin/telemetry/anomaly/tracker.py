@@ -96,8 +96,9 @@ FAST_MIN_POINTS = 64
 SCALAR_RESUME_AFTER = 8
 SCALAR_SLICE = 256
 # A given cycle is learnt once the samples span two of them; past this many samples without,
-# it is not learnt (the samples are kept in the series' state until then).
-FIXED_SEASON_MAX_SAMPLES = 20_000
+# it is not learnt (the samples are kept in the series' state until then, and that state is
+# written with every page of telemetry that touches the series: ~36 bytes a sample).
+FIXED_SEASON_MAX_SAMPLES = 5_000
 
 
 class SeriesTracker:
@@ -160,12 +161,11 @@ class SeriesTracker:
             self.state.season_ts.extend(ts.tolist())
             self.state.season_xs.extend(xs.tolist())
 
-    def search_if_due(self) -> bool:
+    def search_if_due(self) -> None:
         """Run the search for a cycle if it is due (the next sample would run it first: the
-        outcome is the same, and a fast path may follow); returns True."""
+        outcome is the same, and a fast path may follow)."""
         if self.searching() and self._search_due():
             self._search()
-        return True
 
     def _search_due(self) -> bool:
         st = self.state

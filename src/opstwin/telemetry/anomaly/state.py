@@ -87,14 +87,15 @@ class SeriesState:
     excursion: Excursion | None = None
     # Seasonality (see .seasonal): the samples searched for a cycle (kept until one is found
     # or the search ends: season_done), then the cycle in µs (0: none), the time its phase
-    # counts from, the profile around it and its per-sample learning weight.
+    # counts from, the profile around it and the cycle's length in samples (each profile
+    # point is learnt from ~period_samples / len(profile) samples a cycle).
     season_ts: list[int] = field(default_factory=list)
     season_xs: list[float] = field(default_factory=list)
     season_done: bool = False
     season_searched: int = 0  # how many samples the last search had
     period_us: int = 0
     season_origin: int = 0
-    season_gain: float = 0.0
+    period_samples: float = 0.0
     profile: list[float] = field(default_factory=list)
 
     def copy(self) -> SeriesState:

@@ -124,7 +124,7 @@ class SeriesTracker:
             not cfg.season_wanted or (cfg.season_period_us and cfg.season_period_us != st.period_us)
         )
         if stale or (not cfg.season_wanted and (st.season_done or st.season_xs)):
-            st.period_us, st.season_origin, st.season_gain, st.profile = 0, 0, 0.0, []
+            st.period_us, st.season_origin, st.period_samples, st.profile = 0, 0, 0.0, []
             st.season_ts, st.season_xs, st.season_done = [], [], False
             st.season_searched = 0
 
@@ -280,7 +280,8 @@ class SeriesTracker:
         """Move the two profile points around a sample's phase towards what was left over."""
         st = self.state
         profile = st.profile
-        step = st.season_gain * residual
+        # Weighted so that a point's updates over one cycle sum to season_alpha.
+        step = self.cfg.season_alpha * len(profile) / st.period_samples * residual
         profile[bucket] += (1.0 - frac) * step
         profile[bucket + 1 if bucket + 1 < len(profile) else 0] += frac * step
 
@@ -341,8 +342,7 @@ class SeriesTracker:
         wrapped = np.append(profile, profile[0])
         residuals = xs - np.interp(positions, np.arange(buckets + 1), wrapped)
         st.period_us, st.season_origin, st.profile = period_us, origin, profile.tolist()
-        # Each profile point gets ~samples/buckets updates per cycle, weighted to sum to one.
-        st.season_gain = cfg.season_alpha * buckets / samples
+        st.period_samples = samples
         self._end_search()
         # The level again, from the first cycle on, and the residuals' correlation: what the
         # live loop would have learnt, skipping (as it would) samples that would have opened

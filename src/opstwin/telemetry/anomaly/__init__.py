@@ -14,7 +14,9 @@ The model, per series
   Holt–Winters without trend: the profile (up to 168 points around the cycle, interpolated) is
   fitted robustly to the samples seen, then learnt with half-life ``halflife_cycles`` — and
   everything below runs on what departs from it. Series whose residuals are uncorrelated are
-  not searched (no cycle could hide there). Cyclic series take the per-sample path.
+  not searched (no cycle could hide there). The profile changes only between cycles (what a
+  cycle teaches it is added when the next begins), so quiet stretches of a cyclic series are
+  vectorised too, a cycle at a time.
 * **Warm-up**: nothing but hard-limit breaches can fire before ``warmup_samples`` samples;
   drift detection waits a further 200 samples while it learns how correlated the residuals are.
 * **Kinds** (priority in this order when several fire on one sample):

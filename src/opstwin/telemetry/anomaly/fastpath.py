@@ -83,9 +83,9 @@ def head_start(feeds: Sequence[Feed]) -> list[int | None]:
     (None for the others) for :func:`finish`. The series are independent, so running some
     ahead of the others changes nothing."""
     quiet = []
-    for k, (tracker, _, xs) in enumerate(feeds):
+    for k, (tracker, ts, xs) in enumerate(feeds):
         if len(xs) >= FAST_MIN_POINTS:
-            tracker.search_if_due()
+            tracker.before(int(ts[0]))
             if tracker.steady():
                 quiet.append(k)
     starts: list[int | None] = [None] * len(feeds)
@@ -106,11 +106,15 @@ def finish(feed: Feed, start: int | None, out: list[Emitted]) -> None:
             i = tracker.resume(ts, xs, i, out)
     while i < total:
         if total - i >= FAST_MIN_POINTS:
-            tracker.search_if_due()
+            tracker.before(int(ts[i]))
         if total - i >= FAST_MIN_POINTS and tracker.steady():
-            i = fast_forward([(tracker, ts, xs, i)])[0]
+            item = (tracker, ts, xs, i)
+            limit = _count(item)
+            i = fast_forward([item])[0]
             if i >= total:
                 break
+            if i == item[3] + limit:
+                continue  # stopped at its limit (a search, a new cycle), not where one fires
         i = tracker.resume(ts, xs, i, out)
 
 
@@ -144,9 +148,14 @@ def fast_forward(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]
 
 
 def _count(item: tuple[SeriesTracker, IntArray, FloatArray, int]) -> int:
-    """Samples of an item one chunk covers (at most: it may commit fewer)."""
-    tracker, _, xs, start = item
-    return min(len(xs) - start, FAST_CHUNK, tracker.fast_limit())
+    """Samples of an item one chunk covers (at most: it may commit fewer): never past the
+    next search for a cycle, nor into the next cycle of a profile (it changes there)."""
+    tracker, ts, xs, start = item
+    limit = min(len(xs) - start, FAST_CHUNK, tracker.fast_limit())
+    end = tracker.cycle_end()
+    if ts[start + limit - 1] >= end:
+        limit = int(np.searchsorted(ts[start : start + limit], end, side="left"))
+    return limit
 
 
 def _filter_key(cfg: SeriesConfig) -> tuple[float | str, ...]:
@@ -243,9 +252,15 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
     idx = np.arange(width)
     den = (1.0, -cfg.keep)
     mean0, var0 = state["mean"], state["var"]
-    mean = lfilter((cfg.alpha,), den, x, axis=1, zi=_zi(cfg.keep * mean0))[0]
+    # A cycle's profile (fixed within the chunk: it never crosses into the next cycle) is
+    # taken off the values the baseline learns and scores; flatlines and limits see the raw.
+    phases = _phases(items, counts, width) if any(st.period_us for st in states) else None
+    learnt = x if phases is None else x - phases[2]
+    mean = lfilter((cfg.alpha,), den, learnt, axis=1, zi=_zi(cfg.keep * mean0))[0]
     mean_prev = _previous(mean0, mean)
     d = x - mean_prev
+    if phases is not None:
+        d = d - phases[2]
     var = lfilter((cfg.keep_alpha,), den, d * d, axis=1, zi=_zi(cfg.keep * var0))[0]
     s = np.sqrt(_previous(var0, var))
     floor = np.maximum(REL_STD_FLOOR * np.abs(mean_prev), setting["std_floor"])
@@ -378,6 +393,8 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
         if not n:
             continue
         tracker.committed(ts[i : i + n], xs[i : i + n])
+        if phases is not None and states[r].period_us:
+            _learn_profile(tracker, phases[0][r, :n], phases[1][r, :n], d[r, :n])
         st, jr = states[r], n - 1
         st.mean, st.var, st.n = means[r], variances[r], st.n + n
         st.z, st.last_value, st.last_ts = zs_last[r], xs_last[r], int(ts[i + jr])
@@ -412,6 +429,55 @@ def _drift_scales(
     scale = 1.0 / np.sqrt(np.maximum((1.0 + phi) / (1.0 - phi), 1.0 + share * SLOW_GAIN))
     result: FloatArray = np.where(learnt, scale, 1.0)
     return result
+
+
+def _phases(
+    items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]], counts: list[int], width: int
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Per row and sample: the profile point at or before its phase, the fraction of the way
+    to the next, and the profile there (0 for rows without a cycle, and for the padding) —
+    :meth:`SeriesTracker._phase` elementwise, the same operations."""
+    buckets = np.zeros((len(items), width), dtype=np.int64)
+    fracs = np.zeros((len(items), width))
+    values = np.zeros((len(items), width))
+    for r, (tracker, ts, _, i) in enumerate(items):
+        st = tracker.state
+        if not st.period_us:
+            continue
+        n = counts[r]
+        profile = np.asarray(st.profile)
+        size = len(profile)
+        # (t − origin) mod period × size / period, as the loop: the product is an exact
+        # integer below 2^53, so the division rounds as Python's does.
+        position = ((ts[i : i + n] - st.season_origin) % st.period_us * size) / st.period_us
+        bucket = np.floor(position).astype(np.int64)
+        frac = position - bucket
+        last = bucket >= size  # rounding at the very end of the cycle
+        bucket[last], frac[last] = size - 1, 1.0
+        here = profile[bucket]
+        following = profile[np.where(bucket + 1 < size, bucket + 1, 0)]
+        buckets[r, :n], fracs[r, :n] = bucket, frac
+        values[r, :n] = here + frac * (following - here)
+    return buckets, fracs, values
+
+
+def _learn_profile(
+    tracker: SeriesTracker, bucket: IntArray, frac: FloatArray, residual: FloatArray
+) -> None:
+    """:meth:`SeriesTracker._learn_season` for each committed sample, in order (``np.add.at``
+    adds repeated indices one after the other, as the loop does)."""
+    st = tracker.state
+    pending = np.asarray(st.profile_pending)
+    size = len(pending)
+    step = tracker.cfg.season_alpha * size / st.period_samples * residual
+    index = np.empty(2 * len(bucket), dtype=np.int64)
+    index[0::2] = bucket
+    index[1::2] = np.where(bucket + 1 < size, bucket + 1, 0)
+    change = np.empty(2 * len(bucket))
+    change[0::2] = (1.0 - frac) * step
+    change[1::2] = frac * step
+    np.add.at(pending, index, change)
+    st.profile_pending = pending.tolist()
 
 
 def _spike_levels(

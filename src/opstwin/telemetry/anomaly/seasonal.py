@@ -207,12 +207,16 @@ def fit_profile(
 def _medians(deviation: FloatArray, nearest: IntArray, buckets: int) -> FloatArray:
     """Per profile point, the median deviation of its samples (interpolated where it has
     none), centred on 0."""
+    # Medians of all points at once: sorted by point, then by deviation, each point's
+    # samples are a run whose middle is its median.
+    ordered = deviation[np.lexsort((deviation, nearest))]
+    counts = np.bincount(nearest, minlength=buckets)
+    starts = np.cumsum(counts) - counts
+    known = np.flatnonzero(counts)
     profile = np.full(buckets, np.nan)
-    for bucket in range(buckets):
-        members = deviation[nearest == bucket]
-        if members.size:
-            profile[bucket] = float(np.median(members))
-    known = np.flatnonzero(~np.isnan(profile))
+    low = starts[known] + (counts[known] - 1) // 2
+    high = starts[known] + counts[known] // 2
+    profile[known] = 0.5 * (ordered[low] + ordered[high])
     if known.size < buckets:
         profile = np.interp(np.arange(buckets), known, profile[known], period=buckets)
     if buckets >= SMOOTH_FROM_BUCKETS:

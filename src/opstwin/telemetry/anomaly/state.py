@@ -88,7 +88,9 @@ class SeriesState:
     # Seasonality (see .seasonal): the samples searched for a cycle (kept until one is found
     # or the search ends: season_done), then the cycle in µs (0: none), the time its phase
     # counts from, the profile around it and the cycle's length in samples (each profile
-    # point is learnt from ~period_samples / len(profile) samples a cycle).
+    # point is learnt from ~period_samples / len(profile) samples a cycle). The profile is
+    # fixed within a cycle: what a cycle teaches it (profile_pending) is added when the next
+    # cycle (number season_cycle + 1 from the origin) begins.
     season_ts: list[int] = field(default_factory=list)
     season_xs: list[float] = field(default_factory=list)
     season_done: bool = False
@@ -97,6 +99,8 @@ class SeriesState:
     season_origin: int = 0
     period_samples: float = 0.0
     profile: list[float] = field(default_factory=list)
+    profile_pending: list[float] = field(default_factory=list)
+    season_cycle: int = 0
 
     def copy(self) -> SeriesState:
         """An independent copy (what a forked detector works on until it is adopted)."""
@@ -108,6 +112,7 @@ class SeriesState:
             season_ts=list(self.season_ts),
             season_xs=list(self.season_xs),
             profile=list(self.profile),
+            profile_pending=list(self.profile_pending),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +137,7 @@ class SeriesState:
 
 _EXCURSION_FIELDS = tuple(f.name for f in fields(Excursion))
 _STATE_FIELDS = tuple(f.name for f in fields(SeriesState))
-_LIST_FIELDS = ("recent_z", "season_ts", "season_xs", "profile")
+_LIST_FIELDS = ("recent_z", "season_ts", "season_xs", "profile", "profile_pending")
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,7 @@ class SeriesTracker:
         )
         if stale or (not cfg.season_wanted and (st.season_done or st.season_xs)):
             st.period_us, st.season_origin, st.period_samples, st.profile = 0, 0, 0.0, []
+            st.profile_pending, st.season_cycle = [], 0
             st.season_ts, st.season_xs, st.season_done = [], [], False
             st.season_searched = 0
 
@@ -140,7 +141,6 @@ class SeriesTracker:
             and st.n >= self.cfg.steady_from
             and st.ac_n >= CORRELATION_LEARNING_SAMPLES
             and len(st.recent_z) == DIFF_LAG
-            and not st.period_us
             and (st.season_done or not self.cfg.season_wanted or not self._search_due())
         )
 
@@ -161,11 +161,31 @@ class SeriesTracker:
             self.state.season_ts.extend(ts.tolist())
             self.state.season_xs.extend(xs.tolist())
 
-    def search_if_due(self) -> None:
-        """Run the search for a cycle if it is due (the next sample would run it first: the
-        outcome is the same, and a fast path may follow)."""
+    def before(self, t: int) -> None:
+        """What the next sample (at ``t``) would do first — run a due search for a cycle, start
+        a new cycle of the profile — done now, so that a fast path may follow."""
         if self.searching() and self._search_due():
             self._search()
+        st = self.state
+        if st.period_us and (t - st.season_origin) // st.period_us != st.season_cycle:
+            self._next_cycle((t - st.season_origin) // st.period_us)
+
+    def _next_cycle(self, cycle: int) -> None:
+        """A new cycle began: add what the last one taught the profile."""
+        st = self.state
+        profile, pending = st.profile, st.profile_pending
+        for i, change in enumerate(pending):
+            profile[i] += change
+            pending[i] = 0.0
+        st.season_cycle = cycle
+
+    def cycle_end(self) -> int:
+        """The first time (µs) after the current cycle of the profile (a fast chunk must stop
+        before it); far in the future for a series without a cycle."""
+        st = self.state
+        if not st.period_us:
+            return 1 << 62
+        return st.season_origin + (st.season_cycle + 1) * st.period_us
 
     def _search_due(self) -> bool:
         st = self.state
@@ -201,6 +221,9 @@ class SeriesTracker:
                 st.season_xs.append(x)
         n, m0 = st.n, st.mean
         if st.period_us:
+            cycle = (t - st.season_origin) // st.period_us
+            if cycle != st.season_cycle:
+                self._next_cycle(cycle)
             bucket, frac, season = self._phase(t)
         else:
             bucket, frac, season = 0, 0.0, 0.0
@@ -277,13 +300,14 @@ class SeriesTracker:
         return bucket, frac, here + frac * (following - here)
 
     def _learn_season(self, bucket: int, frac: float, residual: float) -> None:
-        """Move the two profile points around a sample's phase towards what was left over."""
+        """Move the two profile points around a sample's phase towards what was left over
+        (from the next cycle on)."""
         st = self.state
-        profile = st.profile
+        pending = st.profile_pending
         # Weighted so that a point's updates over one cycle sum to season_alpha.
-        step = self.cfg.season_alpha * len(profile) / st.period_samples * residual
-        profile[bucket] += (1.0 - frac) * step
-        profile[bucket + 1 if bucket + 1 < len(profile) else 0] += frac * step
+        step = self.cfg.season_alpha * len(pending) / st.period_samples * residual
+        pending[bucket] += (1.0 - frac) * step
+        pending[bucket + 1 if bucket + 1 < len(pending) else 0] += frac * step
 
     def _search(self) -> None:
         """Search the collected samples for a cycle (a given one: wait until they span two);
@@ -342,6 +366,8 @@ class SeriesTracker:
         wrapped = np.append(profile, profile[0])
         residuals = xs - np.interp(positions, np.arange(buckets + 1), wrapped)
         st.period_us, st.season_origin, st.profile = period_us, origin, profile.tolist()
+        st.profile_pending = [0.0] * buckets
+        st.season_cycle = (int(ts[-1]) - origin) // period_us
         st.period_samples = samples
         self._end_search()
         # The level again, from the first cycle on, and the residuals' correlation: what the

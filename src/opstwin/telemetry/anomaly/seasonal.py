@@ -48,16 +48,13 @@ SHORTEST_WITHIN = 0.8
 MAX_GRID_GROWTH = 2
 #: A peak's position is fitted over the correlations within this share of a cycle of it.
 PEAK_FIT_SHARE = 0.125
-#: Profiles of this many points or more are smoothed over neighbouring points (1-2-1): a
-#: point then rests on more samples, at the price of a cycle's sharpest turns.
-SMOOTH_FROM_BUCKETS = 48
 #: Cycles of the clock that real series follow (1, 2, 3, 4, 6, 8, 12 h; 1, 7 days): a cycle
 #: measured within this share of one is taken to be it (a few cycles' worth of data measure
 #: it only to a few per cent, and an error of e per cycle shifts the phase by e every cycle).
 CALENDAR_PERIODS_US = tuple(hours * 3_600_000_000 for hours in (1, 2, 3, 4, 6, 8, 12, 24, 168))
 CALENDAR_TOLERANCE = 0.06
 #: Points of the profile around one cycle.
-MAX_BUCKETS = 168
+MAX_BUCKETS = 288
 #: Values further than this many scaled MADs from the median are clipped before the search,
 #: so that an anomaly among the first samples does not decide the cycle.
 CLIP_MADS = 6.0
@@ -196,12 +193,23 @@ def fit_profile(
     profile = _medians(deviation, nearest, buckets)
     if odd.all() or not odd.any():
         return profile, deviation - profile[nearest]
-    held_out = np.where(
-        odd,
-        deviation - _medians(deviation[~odd], nearest[~odd], buckets)[nearest],
-        deviation - _medians(deviation[odd], nearest[odd], buckets)[nearest],
+    # Smoothed over neighbouring points (1-2-1) a point rests on more samples, but a sharp
+    # turn (a shift starting) is blurred: whichever predicts the held-out cycles better.
+    from_even = _medians(deviation[~odd], nearest[~odd], buckets)
+    from_odd = _medians(deviation[odd], nearest[odd], buckets)
+    held_out = np.where(odd, deviation - from_even[nearest], deviation - from_odd[nearest])
+    smoothed = np.where(
+        odd, deviation - _smooth(from_even)[nearest], deviation - _smooth(from_odd)[nearest]
     )
+    if float(np.mean(smoothed * smoothed)) < float(np.mean(held_out * held_out)):
+        return _smooth(profile), smoothed
     return profile, held_out
+
+
+def _smooth(profile: FloatArray) -> FloatArray:
+    """Each point averaged with its neighbours around the cycle, weights 1-2-1."""
+    smoothed: FloatArray = 0.25 * np.roll(profile, 1) + 0.5 * profile + 0.25 * np.roll(profile, -1)
+    return smoothed
 
 
 def _medians(deviation: FloatArray, nearest: IntArray, buckets: int) -> FloatArray:
@@ -219,8 +227,6 @@ def _medians(deviation: FloatArray, nearest: IntArray, buckets: int) -> FloatArr
     profile[known] = 0.5 * (ordered[low] + ordered[high])
     if known.size < buckets:
         profile = np.interp(np.arange(buckets), known, profile[known], period=buckets)
-    if buckets >= SMOOTH_FROM_BUCKETS:
-        profile = 0.25 * np.roll(profile, 1) + 0.5 * profile + 0.25 * np.roll(profile, -1)
     centred: FloatArray = profile - profile.mean()
     return centred
 

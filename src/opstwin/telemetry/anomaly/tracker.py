@@ -95,6 +95,11 @@ Z_CAP = 1e9
 FAST_MIN_POINTS = 64
 SCALAR_RESUME_AFTER = 8
 SCALAR_SLICE = 256
+# The residuals' correlation must have been learnt from this many samples for a search to
+# conclude from it that there is no cycle (by the first search: 200 − warm-up).
+SEARCH_CORRELATION_SAMPLES = 100
+# … or the samples' variance must exceed the baseline's by this factor: 1 / (1 − ACF_MIN).
+SEARCH_VARIANCE_RATIO = 1.0 / (1.0 - seasonal.ACF_MIN)
 # A given cycle is learnt once the samples span two of them; past this many samples without,
 # it is not learnt (the samples are kept in the series' state until then, and that state is
 # written with every page of telemetry that touches the series: ~36 bytes a sample).
@@ -314,10 +319,18 @@ class SeriesTracker:
         on success learn its profile and carry on seasonal, else keep collecting or give up."""
         cfg, st = self.cfg, self.state
         collected = st.season_searched = len(st.season_xs)
-        if not (cfg.season_period_us or self._correlated()):
+        learnt = st.ac_n >= SEARCH_CORRELATION_SAMPLES
+        if (
+            not cfg.season_period_us
+            and learnt
+            and not self._correlated()
+            and float(np.var(st.season_xs)) <= SEARCH_VARIANCE_RATIO * st.var
+        ):
             # A cycle strong enough to matter (a third of the variance, see ACF_MIN) makes
-            # the residuals correlated by the first search: none now, none to wait for — and
-            # the samples kept for the search (stored with the state) are let go.
+            # the residuals correlated, or — a sharp one, whose turns are excursions that
+            # teach the baseline nothing — the samples far more spread than the baseline's
+            # noise: neither by the first search, none to wait for, and the samples kept for
+            # the search (stored with the state) are let go.
             self._end_search()
             return
         ts = np.asarray(st.season_ts, dtype=np.int64)

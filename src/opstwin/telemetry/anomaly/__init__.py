@@ -11,10 +11,11 @@ The model, per series
   searched for a cycle — a clear, repeated autocorrelation peak, measured in time and snapped to
   the clock (an hour, a shift, a day, a week) when within 6 % of one; or the cycle is given
   (``period_s``). Once found, the expected value is ``mean + profile(phase)`` — additive
-  Holt–Winters without trend: the profile (up to 168 points around the cycle, interpolated) is
-  fitted robustly to the samples seen, then learnt with half-life ``halflife_cycles`` — and
-  everything below runs on what departs from it. Series whose residuals are uncorrelated are
-  not searched (no cycle could hide there). The profile changes only between cycles (what a
+  Holt–Winters without trend: the profile (up to 288 points around the cycle, interpolated;
+  smoothed 1-2-1 when that predicts held-out cycles better) is fitted robustly to the samples
+  seen, then learnt with half-life ``halflife_cycles`` — and everything below runs on what
+  departs from it. The search ends early for series whose residuals are uncorrelated and whose
+  samples spread no more than the baseline's noise (no cycle could hide there). The profile changes only between cycles (what a
   cycle teaches it is added when the next begins), so quiet stretches of a cyclic series are
   vectorised too, a cycle at a time.
 * **Warm-up**: nothing but hard-limit breaches can fire before ``warmup_samples`` samples;

@@ -168,7 +168,7 @@ def bucket_count(period_samples: float) -> int:
 
 def fit_profile(
     ts: IntArray, xs: FloatArray, origin: int, period_us: int, period_samples: float
-) -> tuple[FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, bool]:
     """The cycle's profile from samples covering at least two cycles: per phase point, the
     median deviation from a centred moving average one cycle wide (robust to an anomaly
     among the samples and to a trend); phase points without samples are interpolated from
@@ -176,7 +176,8 @@ def fit_profile(
 
     Also returns each sample's deviation from that moving average and from a profile fitted
     on the *other* cycles (odd against even): residuals from the fitted profile itself would
-    understate the noise, since each point of the profile was fitted to them."""
+    understate the noise, since each point of the profile was fitted to them; and whether the
+    profile is smoothed (then so should what it learns later be)."""
     buckets = bucket_count(period_samples)
     width = max(1, min(len(xs), round(period_samples)))
     sums = np.concatenate(([0.0], np.cumsum(_clipped(xs))))
@@ -192,21 +193,21 @@ def fit_profile(
     odd = ((ts - origin) // period_us) % 2 == 1
     profile = _medians(deviation, nearest, buckets)
     if odd.all() or not odd.any():
-        return profile, deviation - profile[nearest]
+        return profile, deviation - profile[nearest], False
     # Smoothed over neighbouring points (1-2-1) a point rests on more samples, but a sharp
     # turn (a shift starting) is blurred: whichever predicts the held-out cycles better.
     from_even = _medians(deviation[~odd], nearest[~odd], buckets)
     from_odd = _medians(deviation[odd], nearest[odd], buckets)
     held_out = np.where(odd, deviation - from_even[nearest], deviation - from_odd[nearest])
     smoothed = np.where(
-        odd, deviation - _smooth(from_even)[nearest], deviation - _smooth(from_odd)[nearest]
+        odd, deviation - smooth(from_even)[nearest], deviation - smooth(from_odd)[nearest]
     )
     if float(np.mean(smoothed * smoothed)) < float(np.mean(held_out * held_out)):
-        return _smooth(profile), smoothed
-    return profile, held_out
+        return smooth(profile), smoothed, True
+    return profile, held_out, False
 
 
-def _smooth(profile: FloatArray) -> FloatArray:
+def smooth(profile: FloatArray) -> FloatArray:
     """Each point averaged with its neighbours around the cycle, weights 1-2-1."""
     smoothed: FloatArray = 0.25 * np.roll(profile, 1) + 0.5 * profile + 0.25 * np.roll(profile, -1)
     return smoothed

@@ -101,6 +101,7 @@ class SeriesState:
     profile: list[float] = field(default_factory=list)
     profile_pending: list[float] = field(default_factory=list)
     season_cycle: int = 0
+    profile_smooth: bool = False  # what a cycle teaches is smoothed as the fit was
 
     def copy(self) -> SeriesState:
         """An independent copy (what a forked detector works on until it is adopted)."""

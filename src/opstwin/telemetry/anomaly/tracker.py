@@ -130,7 +130,7 @@ class SeriesTracker:
         )
         if stale or (not cfg.season_wanted and (st.season_done or st.season_xs)):
             st.period_us, st.season_origin, st.period_samples, st.profile = 0, 0, 0.0, []
-            st.profile_pending, st.season_cycle = [], 0
+            st.profile_pending, st.season_cycle, st.profile_smooth = [], 0, False
             st.season_ts, st.season_xs, st.season_done = [], [], False
             st.season_searched = 0
 
@@ -179,9 +179,10 @@ class SeriesTracker:
         """A new cycle began: add what the last one taught the profile."""
         st = self.state
         profile, pending = st.profile, st.profile_pending
-        for i, change in enumerate(pending):
+        changes = seasonal.smooth(np.asarray(pending)).tolist() if st.profile_smooth else pending
+        for i, change in enumerate(changes):
             profile[i] += change
-            pending[i] = 0.0
+        st.profile_pending = [0.0] * len(pending)
         st.season_cycle = cycle
 
     def cycle_end(self) -> int:
@@ -373,7 +374,9 @@ class SeriesTracker:
         residuals' correlation again as if the cycle had been known from the start."""
         cfg, st = self.cfg, self.state
         origin = int(ts[0])
-        profile, held_out = seasonal.fit_profile(ts, xs, origin, period_us, samples)
+        profile, held_out, st.profile_smooth = seasonal.fit_profile(
+            ts, xs, origin, period_us, samples
+        )
         buckets = len(profile)
         positions = seasonal.phase_positions(ts, origin, period_us, buckets)
         wrapped = np.append(profile, profile[0])

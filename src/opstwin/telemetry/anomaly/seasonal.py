@@ -209,7 +209,9 @@ def fit_profile(
 
 def smooth(profile: FloatArray) -> FloatArray:
     """Each point averaged with its neighbours around the cycle, weights 1-2-1."""
-    smoothed: FloatArray = 0.25 * np.roll(profile, 1) + 0.5 * profile + 0.25 * np.roll(profile, -1)
+    before = np.concatenate((profile[-1:], profile[:-1]))
+    after = np.concatenate((profile[1:], profile[:1]))
+    smoothed: FloatArray = 0.25 * before + 0.5 * profile + 0.25 * after
     return smoothed
 
 

@@ -178,11 +178,11 @@ class SeriesTracker:
     def _next_cycle(self, cycle: int) -> None:
         """A new cycle began: add what the last one taught the profile."""
         st = self.state
-        profile, pending = st.profile, st.profile_pending
-        changes = seasonal.smooth(np.asarray(pending)).tolist() if st.profile_smooth else pending
-        for i, change in enumerate(changes):
-            profile[i] += change
-        st.profile_pending = [0.0] * len(pending)
+        changes = np.asarray(st.profile_pending)
+        if st.profile_smooth:
+            changes = seasonal.smooth(changes)
+        st.profile = (np.asarray(st.profile) + changes).tolist()
+        st.profile_pending = [0.0] * len(changes)
         st.season_cycle = cycle
 
     def cycle_end(self) -> int:

@@ -24,6 +24,7 @@ from opstwin.telemetry.anomaly.seasonal import (
     snap_period,
 )
 from opstwin.twins.model import AnomalyThresholds, SeasonalitySpec
+from tests.telemetry.test_anomaly_properties import assert_close
 
 T0 = to_micros(datetime(2026, 1, 1, tzinfo=UTC))
 FIVE_MIN = 300_000_000
@@ -253,21 +254,6 @@ def test_cuts_and_restarts_change_nothing_on_a_cyclic_series() -> None:
 
 def summary(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(r["ts"], r["status"], r["kind"]) for r in records]
-
-
-def assert_close(ours: Any, theirs: Any) -> None:
-    if isinstance(ours, dict) and isinstance(theirs, dict):
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            assert_close(ours[key], theirs[key])
-    elif isinstance(ours, list) and isinstance(theirs, list):
-        assert len(ours) == len(theirs)
-        for a, b in zip(ours, theirs, strict=True):
-            assert_close(a, b)
-    elif isinstance(ours, float) and isinstance(theirs, float):
-        assert abs(ours - theirs) <= 1e-9 * max(1.0, abs(ours), abs(theirs))
-    else:
-        assert ours == theirs
 
 
 def test_many_series_at_once_equal_each_alone_with_cycles() -> None:

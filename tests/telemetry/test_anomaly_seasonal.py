@@ -307,3 +307,25 @@ def test_a_given_cycle_too_long_for_the_samples_kept_is_not_learnt() -> None:
     assert state["season_done"]
     assert state["season_xs"] == []
     assert detector.baseline(KEY).period_s is None  # type: ignore[union-attr]
+
+
+def test_long_number_lists_are_stored_packed_and_exactly() -> None:
+    """A cyclic series' state (profile, pending updates) and a searching series' samples are
+    stored as base64 of 8-byte numbers: shorter than JSON numbers, and read back bit for bit;
+    states written before (plain lists) are still read."""
+    detector = run(daily(1500, seed=11))
+    searching = AnomalyDetector(SequentialIds())
+    searching.process_series(KEY, stamps(350), daily(350, seed=12))
+    for det in (detector, searching):
+        saved = det.to_dict()
+        text = json.dumps(saved)
+        lists = ("season_ts", "season_xs", "profile", "profile_pending")
+        packed = [saved["series"][0][k] for k in lists if isinstance(saved["series"][0][k], str)]
+        assert packed
+        assert all(v.startswith("b64:") for v in packed)
+        back = AnomalyDetector.from_dict(json.loads(text), SequentialIds())
+        assert back._trackers[KEY].state == det._trackers[KEY].state
+        plain = dict(saved["series"][0], **det._trackers[KEY].state.to_dict())
+        old = AnomalyDetector.from_dict({**saved, "series": [plain]}, SequentialIds())
+        assert old._trackers[KEY].state == det._trackers[KEY].state
+        assert len(text) < 0.8 * len(json.dumps({**saved, "series": [plain]}))

@@ -205,7 +205,7 @@ class AnomalyDetector:
                     "twin_id": key.twin_id,
                     "asset_id": key.asset_id,
                     "metric": key.metric,
-                    **tracker.state.to_dict(),
+                    **tracker.state.to_json_dict(),
                 }
                 for key, tracker in chosen
                 if tracker is not None

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 STATE_VERSION = 1
+#: Long number lists of the state (a cycle's profile, the samples a search looks at) are
+#: stored as base64 of little-endian 8-byte numbers — exact, and ~40 % shorter than JSON
+#: numbers; a series' state is written with every page that touches it.
+PACK_FROM = 16
+PACKED_PREFIX = "b64:"
 
 
 @dataclass(slots=True)
@@ -127,9 +135,26 @@ class SeriesState:
         out["excursion"] = None if excursion is None else excursion.to_dict()
         return out
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with its long number lists packed (see PACK_FROM): what is stored.
+        :meth:`from_dict` reads both forms."""
+        out = self.to_dict()
+        for name, dtype in _PACKED_FIELDS.items():
+            if len(out[name]) >= PACK_FROM:
+                numbers = np.asarray(out[name], dtype=dtype)
+                if numbers.any():  # all zeros (a cycle's updates, fresh) are shorter as JSON
+                    packed = base64.b64encode(numbers.tobytes()).decode("ascii")
+                    out[name] = PACKED_PREFIX + packed
+        return out
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SeriesState:
         values = dict(data)
+        for name, dtype in _PACKED_FIELDS.items():
+            packed = values.get(name)
+            if isinstance(packed, str) and packed.startswith(PACKED_PREFIX):
+                raw = base64.b64decode(packed[len(PACKED_PREFIX) :], validate=True)
+                values[name] = np.frombuffer(raw, dtype=dtype).tolist()
         excursion = values.pop("excursion", None)
         state = cls(**values)
         state.excursion = None if excursion is None else Excursion(**excursion)
@@ -139,6 +164,12 @@ class SeriesState:
 _EXCURSION_FIELDS = tuple(f.name for f in fields(Excursion))
 _STATE_FIELDS = tuple(f.name for f in fields(SeriesState))
 _LIST_FIELDS = ("recent_z", "season_ts", "season_xs", "profile", "profile_pending")
+_PACKED_FIELDS = {
+    "season_ts": np.dtype("<i8"),
+    "season_xs": np.dtype("<f8"),
+    "profile": np.dtype("<f8"),
+    "profile_pending": np.dtype("<f8"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,20 +303,16 @@ def _fast_rows(items: Sequence[tuple[SeriesTracker, IntArray, FloatArray, int]])
         # The loop's expression: step1² · (1 − decay) against 4 and 9 × the RMS EWMA before.
         jump = step1 * step1 * (1.0 - decay[:, :width])
         diff1_before = _previous(diff1_0, diff1)
-        tail_low = lfilter(
-            (cfg.ac_alpha,),
-            ac_den,
-            (jump > TAIL_LOW_SQ * diff1_before).astype(np.float64),
-            axis=1,
-            zi=_zi(cfg.ac_keep * state["tail_low"]),
-        )[0]
-        tail_high = lfilter(
-            (cfg.ac_alpha,),
-            ac_den,
-            (jump > TAIL_HIGH_SQ * diff1_before).astype(np.float64),
-            axis=1,
-            zi=_zi(cfg.ac_keep * state["tail_high"]),
-        )[0]
+        tail_low, tail_high = (
+            lfilter(
+                (cfg.ac_alpha,),
+                ac_den,
+                (jump > level_sq * diff1_before).astype(np.float64),
+                axis=1,
+                zi=_zi(cfg.ac_keep * state[name]),
+            )[0]
+            for level_sq, name in ((TAIL_LOW_SQ, "tail_low"), (TAIL_HIGH_SQ, "tail_high"))
+        )
         if spiky.any():
             level = _spike_levels(
                 _previous(state["tail_low"], tail_low),
